@@ -1,0 +1,54 @@
+"""The ``natgrad`` command line: ``natgrad demo`` and ``natgrad bench NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_demo(subparsers) -> None:
+    from natgrad.demo import logistic
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="Bayesian logistic regression on breast cancer: natural-gradient VI against Adam.",
+        description=logistic.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    logistic.add_arguments(parser)
+    parser.set_defaults(run=logistic.run)
+
+
+def _add_bench(subparsers) -> None:
+    from natgrad.bench import natural_gradient as bench_natural_gradient
+
+    bench = subparsers.add_parser("bench", help="Benchmarks that write JSON results.")
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    parser = benches.add_parser(
+        "natural-gradient",
+        help="Cost of a natural gradient against the plain gradient, per parameterization and D.",
+        description=bench_natural_gradient.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_natural_gradient.add_arguments(parser)
+    parser.set_defaults(run=bench_natural_gradient.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="natgrad",
+        description="Natural-gradient optimization for JAX: demos and benchmarks.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(subparsers)
+    _add_bench(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Exponential families and their parameterizations."""

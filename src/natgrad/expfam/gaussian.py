@@ -1,0 +1,474 @@
+"""Multivariate Gaussians with full covariance in five parameterizations.
+
+A Gaussian N(m, S) on ℝᴰ is an exponential family with sufficient statistics T(x) = (x, xxᵀ):
+
+* ``natural``:                 θ₁ = S⁻¹m,  θ₂ = −½S⁻¹
+* ``expectation``:             η₁ = m,     η₂ = S + mmᵀ
+* ``mean_covariance``:         (m, S)
+* ``mean_cholesky``:           (m, L) with S = LLᵀ, L lower triangular with positive diagonal
+* ``mean_precision_cholesky``: (m, L) with S⁻¹ = LLᵀ, L lower triangular with positive diagonal
+
+Parameters are pairs ``(vector, matrix)`` of shapes ``(..., D)`` and ``(..., D, D)``; leading
+axes are a batch of independent Gaussians (as multi-output GPs need). Every conversion between
+two parameterizations is written once below and goes through Cholesky factors and triangular
+solves, without explicit inverses and without jitter. float32 and float64 are both supported;
+outputs keep the input dtype.
+
+Gradient conventions (what ``jax.grad`` of a user's loss hands in is accepted as it is):
+
+* symmetric matrices (S, θ₂, η₂): any G with dL = ⟨G, dS⟩_F for symmetric dS; natgrad uses
+  ½(G + Gᵀ), so a loss that reads the whole matrix and one that reads a single triangle both work.
+  Natural gradients of symmetric matrices are returned symmetric.
+* Cholesky factors: only the lower triangle of G is used (the upper entries are not parameters);
+  natural gradients of Cholesky factors are returned lower triangular.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from natgrad import linalg
+from natgrad.expfam.base import Parameterization, register, split_pair
+
+# --------------------------------------------------------------------------------------------
+# Conversions, one formula each. The hub is (m, S) with Cholesky factors where they are cheaper.
+# --------------------------------------------------------------------------------------------
+
+
+def natural_from_mean_covariance(mean, cov):
+    """θ₁ = S⁻¹m, θ₂ = −½S⁻¹ by one Cholesky of S."""
+    chol = linalg.cholesky(cov)
+    return linalg.cho_solve_vec(chol, mean), -0.5 * linalg.inverse_from_cholesky(chol)
+
+
+def mean_covariance_from_natural(theta1, theta2):
+    """S = (−2θ₂)⁻¹, m = Sθ₁ by one Cholesky of the precision −2θ₂."""
+    prec_chol = linalg.cholesky(-2.0 * theta2)  # S⁻¹ = −2θ₂
+    return linalg.cho_solve_vec(prec_chol, theta1), linalg.inverse_from_cholesky(prec_chol)
+
+
+def expectation_from_mean_covariance(mean, cov):
+    """η₁ = m, η₂ = S + mmᵀ."""
+    return mean, cov + linalg.outer(mean, mean)
+
+
+def mean_covariance_from_expectation(eta1, eta2):
+    """m = η₁, S = η₂ − η₁η₁ᵀ."""
+    return eta1, eta2 - linalg.outer(eta1, eta1)
+
+
+def natural_from_mean_cholesky(mean, scale_tril):
+    """θ₂ = −½L⁻ᵀL⁻¹, θ₁ = −2θ₂m, with one triangular inverse of L."""
+    prec = linalg.inverse_from_cholesky(scale_tril)
+    return linalg.mv(prec, mean), -0.5 * prec
+
+
+def mean_cholesky_from_natural(theta1, theta2):
+    """L with LLᵀ = (−2θ₂)⁻¹ (:func:`natgrad.linalg.inverse_cholesky`), m = LLᵀθ₁."""
+    scale_tril = linalg.inverse_cholesky(-2.0 * theta2)
+    mean = linalg.mv(scale_tril, linalg.mv(linalg.transpose(scale_tril), theta1))
+    return mean, scale_tril
+
+
+def expectation_from_mean_cholesky(mean, scale_tril):
+    """η₁ = m, η₂ = LLᵀ + mmᵀ."""
+    return expectation_from_mean_covariance(
+        mean, jnp.matmul(scale_tril, linalg.transpose(scale_tril))
+    )
+
+
+def mean_cholesky_from_expectation(eta1, eta2):
+    """m = η₁, L = chol(η₂ − η₁η₁ᵀ)."""
+    mean, cov = mean_covariance_from_expectation(eta1, eta2)
+    return mean, linalg.cholesky(cov)
+
+
+def natural_from_mean_precision_cholesky(mean, prec_tril):
+    """θ₂ = −½LLᵀ, θ₁ = LLᵀm (L the precision's Cholesky factor)."""
+    prec = jnp.matmul(prec_tril, linalg.transpose(prec_tril))
+    return linalg.mv(prec, mean), -0.5 * prec
+
+
+def mean_precision_cholesky_from_natural(theta1, theta2):
+    """L = chol(−2θ₂), m = (LLᵀ)⁻¹θ₁."""
+    prec_tril = linalg.cholesky(-2.0 * theta2)
+    return linalg.cho_solve_vec(prec_tril, theta1), prec_tril
+
+
+def expectation_from_mean_precision_cholesky(mean, prec_tril):
+    """η₁ = m, η₂ = L⁻ᵀL⁻¹ + mmᵀ."""
+    return expectation_from_mean_covariance(mean, linalg.inverse_from_cholesky(prec_tril))
+
+
+def mean_precision_cholesky_from_expectation(eta1, eta2):
+    """m = η₁, L with LLᵀ = (η₂ − η₁η₁ᵀ)⁻¹ (:func:`natgrad.linalg.inverse_cholesky`)."""
+    mean, cov = mean_covariance_from_expectation(eta1, eta2)
+    return mean, linalg.inverse_cholesky(cov)
+
+
+# --------------------------------------------------------------------------------------------
+# Densities, entropies, KL and sampling from a triangular scale A with AAᵀ = S.
+# --------------------------------------------------------------------------------------------
+
+
+def log_prob_from_scale(mean, scale, x, *, lower: bool = True):
+    """log N(x | m, AAᵀ) = −½‖A⁻¹(x − m)‖² − log|det A| − ½D log 2π.
+
+    Args:
+      mean: ``(..., D)``.
+      scale: triangular ``(..., D, D)`` with AAᵀ = S (lower or upper per ``lower``).
+      x: ``(..., D)``, broadcast against the batch.
+    Returns:
+      ``(...)`` log-densities.
+    """
+    diff = x - mean
+    batch = jnp.broadcast_shapes(diff.shape[:-1], scale.shape[:-2])
+    white = linalg.solve_triangular_vec(
+        jnp.broadcast_to(scale, batch + scale.shape[-2:]),
+        jnp.broadcast_to(diff, batch + diff.shape[-1:]),
+        lower=lower,
+    )
+    dim = mean.shape[-1]
+    return (
+        -0.5 * jnp.sum(white**2, axis=-1)
+        - linalg.log_abs_det_triangular(scale)
+        - 0.5 * dim * math.log(2 * math.pi)
+    )
+
+
+def entropy_from_scale(scale):
+    """H[N(m, AAᵀ)] = ½D(1 + log 2π) + log|det A|: ``(..., D, D) -> (...)``."""
+    dim = scale.shape[-1]
+    return 0.5 * dim * (1.0 + math.log(2 * math.pi)) + linalg.log_abs_det_triangular(scale)
+
+
+def kl_from_scales(mean_q, scale_q, lower_q, mean_p, scale_p, lower_p):
+    """KL(q‖p) = ½[‖A_p⁻¹A_q‖²_F + ‖A_p⁻¹(m_p − m_q)‖² − D] + log|det A_p| − log|det A_q|."""
+    dim = mean_q.shape[-1]
+    del lower_q  # ‖A_p⁻¹A_q‖_F needs only A_qA_qᵀ = S_q, triangular or not.
+    whitened_scale = linalg.solve_triangular(scale_p, scale_q, lower=lower_p)
+    batch = whitened_scale.shape[:-2]
+    diff = jnp.broadcast_to(mean_p - mean_q, batch + (dim,))
+    whitened_diff = linalg.solve_triangular_vec(
+        jnp.broadcast_to(scale_p, batch + scale_p.shape[-2:]), diff, lower=lower_p
+    )
+    return 0.5 * (
+        jnp.sum(whitened_scale**2, axis=(-2, -1)) + jnp.sum(whitened_diff**2, axis=-1) - dim
+    ) + (linalg.log_abs_det_triangular(scale_p) - linalg.log_abs_det_triangular(scale_q))
+
+
+def sample_from_scale(mean, scale, key, sample_shape=()):
+    """Reparameterized samples x = m + Aε, ε ~ N(0, I): returns ``sample_shape + (..., D)``."""
+    shape = tuple(sample_shape) + jnp.broadcast_shapes(mean.shape, scale.shape[:-1])
+    eps = jax.random.normal(key, shape, dtype=mean.dtype)
+    return mean + linalg.mv(scale, eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameterization objects.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class GaussianParameterization(Parameterization):
+    """A parameterization of the full-covariance Gaussian by a pair ``(vector, matrix)``.
+
+    Subclasses set the pair's names, the conversion functions above, and which block is a
+    symmetric matrix or a Cholesky factor.
+    """
+
+    name: str = ""
+    names: tuple[str, str] = ("first", "second")
+    #: "symmetric" or "cholesky": how the matrix block is constrained.
+    matrix_kind: str = "symmetric"
+    family_name: str = "multivariate Gaussian"
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _split(self, params, argname="params"):
+        return split_pair(params, argname=argname, family=self.family_name, names=self.names)
+
+    def _scale(self, params):
+        """(m, A, lower) with AAᵀ = S and A triangular."""
+        mean, cov = mean_covariance_from_natural(*self.to_natural(params))
+        return mean, linalg.cholesky(cov), True
+
+    # -- tangent conventions -----------------------------------------------------------------
+    def project_gradient(self, params, grads):
+        g1, g2, rebuild = self._split(grads, "grads")
+        g2 = jnp.tril(g2) if self.matrix_kind == "cholesky" else linalg.symmetrize(g2)
+        return rebuild(g1, g2)
+
+    def project_natural_tangent(self, dnatural):
+        d1, d2 = dnatural
+        return d1, linalg.symmetrize(d2)
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_structure(self, params, *, argname="params"):
+        vec, mat, _ = self._split(params, argname)
+        for label, leaf in ((self.names[0], vec), (self.names[1], mat)):
+            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+                raise TypeError(f"`{argname}`: {label} must be an array, got {type(leaf).__name__}")
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise TypeError(
+                    f"`{argname}`: {label} must have a floating dtype (float32 or float64), "
+                    f"got {leaf.dtype}"
+                )
+        if vec.ndim < 1:
+            raise ValueError(f"`{argname}`: {self.names[0]} must have shape (..., D), got a scalar")
+        dim = vec.shape[-1]
+        if mat.ndim < 2 or mat.shape[-2:] != (dim, dim):
+            raise ValueError(
+                f"`{argname}`: {self.names[1]} must have shape (..., {dim}, {dim}) to match "
+                f"{self.names[0]} of shape {tuple(vec.shape)}; got {tuple(mat.shape)}"
+            )
+        if vec.shape[:-1] != mat.shape[:-2]:
+            raise ValueError(
+                f"`{argname}`: batch shapes differ: {self.names[0]} has {tuple(vec.shape[:-1])}, "
+                f"{self.names[1]} has {tuple(mat.shape[:-2])}; give both the same leading axes"
+            )
+        if vec.dtype != mat.dtype:
+            raise TypeError(
+                f"`{argname}`: {self.names[0]} is {vec.dtype} but {self.names[1]} is {mat.dtype}; "
+                "use one dtype"
+            )
+
+    def check(self, params, *, argname="params"):
+        super().check(params, argname=argname)
+        _, mat, _ = self._split(params, argname)
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
+            return
+        mat = jnp.asarray(mat)
+        scale = jnp.max(jnp.abs(mat)) + jnp.finfo(mat.dtype).tiny
+        tol = 100 * jnp.finfo(mat.dtype).eps * scale
+        if self.matrix_kind == "cholesky":
+            if bool(jnp.any(jnp.abs(jnp.triu(mat, 1)) > 0)):
+                raise ValueError(
+                    f"`{argname}`: {self.names[1]} must be lower triangular (the upper triangle "
+                    "is not a parameter); pass jnp.tril(...) of it"
+                )
+        elif bool(jnp.any(jnp.abs(mat - linalg.transpose(mat)) > tol)):
+            raise ValueError(
+                f"`{argname}`: {self.names[1]} must be symmetric; pass "
+                "natgrad.linalg.symmetrize(...) of it"
+            )
+
+    # -- distribution methods ----------------------------------------------------------------
+    def dim(self, params) -> int:
+        """The event dimension D."""
+        return self._split(params)[0].shape[-1]
+
+    def mean_covariance(self, params):
+        """(m, S) of the distribution."""
+        return mean_covariance_from_natural(*self.to_natural(params))
+
+    def log_prob(self, params, x):
+        """log q(x): ``x`` of shape ``(..., D)`` broadcast against the batch → ``(...)``."""
+        mean, scale, lower = self._scale(params)
+        return log_prob_from_scale(mean, scale, x, lower=lower)
+
+    def entropy(self, params):
+        """H[q] = ½D(1 + log 2π) + ½ log det S: ``(...)``."""
+        _, scale, _ = self._scale(params)
+        return entropy_from_scale(scale)
+
+    def kl(self, params_q, params_p, parameterization_p: Parameterization | None = None):
+        """KL(q‖p) with p in this parameterization or in ``parameterization_p``."""
+        other = self if parameterization_p is None else parameterization_p
+        if not isinstance(other, GaussianParameterization):
+            raise TypeError("`parameterization_p` must be a full-covariance Gaussian one")
+        mq, aq, lq = self._scale(params_q)
+        mp, ap, lp = other._scale(params_p)
+        return kl_from_scales(mq, aq, lq, mp, ap, lp)
+
+    def sample(self, params, key, sample_shape=()):
+        """Reparameterized samples m + Aε: ``sample_shape + (..., D)``."""
+        mean, scale, _ = self._scale(params)
+        return sample_from_scale(mean, scale, key, sample_shape)
+
+
+def _pd_ok(mat):
+    """True where a symmetric matrix is positive definite (its Cholesky factor is finite)."""
+    chol = linalg.cholesky(mat)
+    return jnp.all(jnp.isfinite(chol), axis=(-2, -1)) & jnp.all(
+        jnp.diagonal(chol, axis1=-2, axis2=-1) > 0, axis=-1
+    )
+
+
+def _finite(*arrays):
+    ok = True
+    for a, axes in zip(arrays, ((-1,), (-2, -1)), strict=True):
+        ok = ok & jnp.all(jnp.isfinite(a), axis=axes)
+    return ok
+
+
+@dataclass(frozen=True, repr=False)
+class _Natural(GaussianParameterization):
+    name: str = "natural"
+    names: tuple[str, str] = ("theta1", "theta2")
+
+    def to_natural(self, params):
+        t1, t2, _ = self._split(params)
+        return t1, t2
+
+    def from_natural(self, natural):
+        return tuple(natural)
+
+    def to_expectation(self, params):
+        return expectation_from_mean_covariance(
+            *mean_covariance_from_natural(*self._split(params)[:2])
+        )
+
+    def from_expectation(self, expectation):
+        return natural_from_mean_covariance(*mean_covariance_from_expectation(*expectation))
+
+    def is_valid(self, params):
+        t1, t2, _ = self._split(params)
+        return _finite(t1, t2) & _pd_ok(-2.0 * t2)
+
+    def describe_invalid(self, params):
+        return "−2·theta2 (the precision S⁻¹) must be symmetric positive definite and finite"
+
+
+@dataclass(frozen=True, repr=False)
+class _Expectation(GaussianParameterization):
+    name: str = "expectation"
+    names: tuple[str, str] = ("eta1", "eta2")
+
+    def to_natural(self, params):
+        return natural_from_mean_covariance(
+            *mean_covariance_from_expectation(*self._split(params)[:2])
+        )
+
+    def from_natural(self, natural):
+        return expectation_from_mean_covariance(*mean_covariance_from_natural(*natural))
+
+    def to_expectation(self, params):
+        e1, e2, _ = self._split(params)
+        return e1, e2
+
+    def from_expectation(self, expectation):
+        return tuple(expectation)
+
+    def is_valid(self, params):
+        e1, e2, _ = self._split(params)
+        return _finite(e1, e2) & _pd_ok(e2 - linalg.outer(e1, e1))
+
+    def describe_invalid(self, params):
+        return "eta2 − eta1·eta1ᵀ (the covariance) must be symmetric positive definite and finite"
+
+
+@dataclass(frozen=True, repr=False)
+class _MeanCovariance(GaussianParameterization):
+    name: str = "mean_covariance"
+    names: tuple[str, str] = ("mean", "covariance")
+
+    def to_natural(self, params):
+        return natural_from_mean_covariance(*self._split(params)[:2])
+
+    def from_natural(self, natural):
+        return mean_covariance_from_natural(*natural)
+
+    def to_expectation(self, params):
+        return expectation_from_mean_covariance(*self._split(params)[:2])
+
+    def from_expectation(self, expectation):
+        return mean_covariance_from_expectation(*expectation)
+
+    def mean_covariance(self, params):
+        m, s, _ = self._split(params)
+        return m, s
+
+    def _scale(self, params):
+        m, s, _ = self._split(params)
+        return m, linalg.cholesky(s), True
+
+    def is_valid(self, params):
+        m, s, _ = self._split(params)
+        return _finite(m, s) & _pd_ok(s)
+
+    def describe_invalid(self, params):
+        return "the covariance must be symmetric positive definite and finite"
+
+
+@dataclass(frozen=True, repr=False)
+class _MeanCholesky(GaussianParameterization):
+    name: str = "mean_cholesky"
+    names: tuple[str, str] = ("mean", "scale_tril")
+    matrix_kind: str = "cholesky"
+
+    def to_natural(self, params):
+        return natural_from_mean_cholesky(*self._split(params)[:2])
+
+    def from_natural(self, natural):
+        return mean_cholesky_from_natural(*natural)
+
+    def to_expectation(self, params):
+        return expectation_from_mean_cholesky(*self._split(params)[:2])
+
+    def from_expectation(self, expectation):
+        return mean_cholesky_from_expectation(*expectation)
+
+    def mean_covariance(self, params):
+        m, lt, _ = self._split(params)
+        return m, jnp.matmul(lt, linalg.transpose(lt))
+
+    def _scale(self, params):
+        m, lt, _ = self._split(params)
+        return m, lt, True
+
+    def is_valid(self, params):
+        m, lt, _ = self._split(params)
+        return _finite(m, lt) & jnp.all(jnp.diagonal(lt, axis1=-2, axis2=-1) > 0, axis=-1)
+
+    def describe_invalid(self, params):
+        return (
+            "scale_tril must be a finite lower-triangular matrix with a positive diagonal "
+            "(the Cholesky factor of a positive-definite covariance)"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class _MeanPrecisionCholesky(GaussianParameterization):
+    name: str = "mean_precision_cholesky"
+    names: tuple[str, str] = ("mean", "precision_tril")
+    matrix_kind: str = "cholesky"
+
+    def to_natural(self, params):
+        return natural_from_mean_precision_cholesky(*self._split(params)[:2])
+
+    def from_natural(self, natural):
+        return mean_precision_cholesky_from_natural(*natural)
+
+    def to_expectation(self, params):
+        return expectation_from_mean_precision_cholesky(*self._split(params)[:2])
+
+    def from_expectation(self, expectation):
+        return mean_precision_cholesky_from_expectation(*expectation)
+
+    def _scale(self, params):
+        # S = L⁻ᵀL⁻¹, so A = L⁻ᵀ (upper triangular) satisfies AAᵀ = S.
+        m, lt, _ = self._split(params)
+        return m, linalg.transpose(linalg.triangular_inverse(lt)), False
+
+    def is_valid(self, params):
+        m, lt, _ = self._split(params)
+        return _finite(m, lt) & jnp.all(jnp.diagonal(lt, axis1=-2, axis2=-1) > 0, axis=-1)
+
+    def describe_invalid(self, params):
+        return (
+            "precision_tril must be a finite lower-triangular matrix with a positive diagonal "
+            "(the Cholesky factor of a positive-definite precision)"
+        )
+
+
+natural = register(_Natural())
+expectation = register(_Expectation())
+mean_covariance = register(_MeanCovariance())
+mean_cholesky = register(_MeanCholesky())
+mean_precision_cholesky = register(_MeanPrecisionCholesky())
+
+PARAMETERIZATIONS = (natural, expectation, mean_covariance, mean_cholesky, mean_precision_cholesky)

@@ -1,0 +1,171 @@
+"""Natural-gradient steps on a variational distribution as an optax transformation.
+
+The update for parameters ξ of an exponential-family distribution is
+
+    ξ_{t+1} = ξ_t − γ_t · s_t · F_ξ⁻¹∇_ξL,   s_t = 2⁻ᵏ for the least k ≤ K keeping ξ_{t+1} valid,
+
+where F_ξ⁻¹∇_ξL comes from :func:`natgrad.natural_gradient` and the safeguard halves the step
+(per independent distribution in a batch) until the new parameters are finite and inside the
+parameterization's domain (for a Gaussian: a positive-definite covariance). If all K + 1 tries
+fail, that distribution keeps its parameters (the step is skipped); shrinks and skips are counted
+in the state. Nothing here leaves the parameters NaN.
+
+Combine with Adam on the other parameters with :func:`optax.partition`::
+
+    params = {"q": (mean, scale_tril), "w": weights}
+    tx = optax.partition(
+        {"natural": natgrad.optim.natural_vi(natgrad.log_linear_warmup(1e-4, 0.1, 5),
+                                             "mean_cholesky"),
+         "adam": optax.adam(1e-2)},
+        {"q": "natural", "w": "adam"},
+    )
+
+The labelled subtree handed to :func:`natural_vi` must hold the parameters of one distribution
+(a pair such as ``(mean, scale_tril)`` for a Gaussian, leading axes for a stack of independent
+ones); use one :func:`natural_vi` per distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from natgrad.expfam.base import Parameterization, PyTree, resolve
+from natgrad.natural_gradient import natural_gradient
+
+
+class NaturalVIState(NamedTuple):
+    """State of :func:`natural_vi`.
+
+    Attributes:
+      count: number of updates taken so far (int32 scalar); the schedule's argument.
+      step_size: γ_t of the last update.
+      num_shrinks: total halvings applied by the safeguard, summed over steps and batch.
+      num_skipped: total (step, batch element) pairs whose step was skipped because every try
+        left the distribution invalid.
+      last_scale: the factor 2⁻ᵏ the safeguard applied in the last update, batch-shaped
+        (0 where the step was skipped).
+    """
+
+    count: jax.Array
+    step_size: jax.Array
+    num_shrinks: jax.Array
+    num_skipped: jax.Array
+    last_scale: jax.Array
+
+
+def _as_distribution(parameterization: Parameterization, leaves: list) -> PyTree:
+    """The distribution's parameters from the leaves of the (possibly masked) labelled subtree."""
+    return leaves[0] if len(leaves) == 1 else tuple(leaves)
+
+
+def _broadcast_scale(scale: jax.Array, leaf: jax.Array) -> jax.Array:
+    return jnp.reshape(scale, scale.shape + (1,) * (leaf.ndim - scale.ndim)).astype(leaf.dtype)
+
+
+def natural_vi(
+    learning_rate: float | optax.Schedule,
+    parameterization: str | Parameterization,
+    *,
+    max_shrinks: int = 10,
+    mode: Literal["forward", "reverse"] = "forward",
+) -> optax.GradientTransformation:
+    """Turn gradients of a distribution's parameters into safeguarded natural-gradient steps.
+
+    ``update(grads, state, params)`` returns ``updates = ξ_{t+1} − ξ_t`` with
+    ξ_{t+1} = ξ_t − γ_t·2⁻ᵏ·F_ξ⁻¹∇_ξL (see the module docstring); apply them with
+    :func:`optax.apply_updates`.
+
+    Args:
+      learning_rate: γ, a float or an optax schedule of the step count (for example
+        :func:`natgrad.log_linear_warmup`).
+      parameterization: the distribution's parameterization, a name or object.
+      max_shrinks: K, the most halvings tried before the step is skipped.
+      mode: how :func:`natgrad.natural_gradient` computes its JVP.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state :class:`NaturalVIState`.
+      ``params`` is required by ``update``.
+    """
+    p = resolve(parameterization)
+    if max_shrinks < 0:
+        raise ValueError(f"`max_shrinks` must be ≥ 0, got {max_shrinks}")
+    schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+    def init_fn(params):
+        leaves = jax.tree.leaves(params)
+        dist = _as_distribution(p, leaves)
+        p.check_structure(dist, argname="params")
+        batch_shape = jnp.shape(p.is_valid(dist))
+        dtype = leaves[0].dtype
+        return NaturalVIState(
+            count=jnp.zeros([], jnp.int32),
+            step_size=jnp.zeros([], dtype),
+            num_shrinks=jnp.zeros([], jnp.int32),
+            num_skipped=jnp.zeros([], jnp.int32),
+            last_scale=jnp.ones(batch_shape, dtype),
+        )
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("natural_vi needs `params` in update(grads, state, params)")
+        param_leaves, treedef = jax.tree.flatten(params)
+        grad_leaves = jax.tree.leaves(updates)
+        if len(grad_leaves) != len(param_leaves):
+            raise ValueError(
+                f"`updates` has {len(grad_leaves)} arrays but `params` has {len(param_leaves)}; "
+                "pass the gradients of the same parameters"
+            )
+        dist = _as_distribution(p, param_leaves)
+        grads = _as_distribution(p, grad_leaves)
+        p.check_structure(dist, argname="params")
+        direction = natural_gradient(
+            params=dist, grads=grads, parameterization=p, mode=mode, check=False
+        )
+        direction_leaves = jax.tree.leaves(direction)
+        dtype = param_leaves[0].dtype
+        gamma = jnp.asarray(schedule(state.count), dtype)
+
+        def candidate(scale):
+            return [
+                x - gamma * _broadcast_scale(scale, x) * d
+                for x, d in zip(param_leaves, direction_leaves, strict=True)
+            ]
+
+        def valid(scale):
+            return p.is_valid(_as_distribution(p, candidate(scale)))
+
+        scale0 = jnp.ones_like(state.last_scale)
+
+        def cond(carry):
+            k, _, ok = carry
+            return (k < max_shrinks) & ~jnp.all(ok)
+
+        def body(carry):
+            k, scale, ok = carry
+            scale = jnp.where(ok, scale, 0.5 * scale)
+            return k + 1, scale, valid(scale)
+
+        _, scale, ok = jax.lax.while_loop(cond, body, (jnp.int32(0), scale0, valid(scale0)))
+        scale = jnp.where(ok, scale, jnp.zeros_like(scale))
+        new_leaves = candidate(scale)
+        # A skipped element has scale 0 but its direction may be NaN; keep its old value.
+        new_leaves = [
+            jnp.where(_broadcast_scale(ok, x).astype(bool), n, x)
+            for x, n in zip(param_leaves, new_leaves, strict=True)
+        ]
+        halvings = jnp.where(ok, -jnp.log2(jnp.where(ok, scale, 1.0)), 0.0)
+        new_updates = [n - x for x, n in zip(param_leaves, new_leaves, strict=True)]
+        new_state = NaturalVIState(
+            count=optax.safe_int32_increment(state.count),
+            step_size=gamma,
+            num_shrinks=state.num_shrinks + jnp.sum(jnp.round(halvings)).astype(jnp.int32),
+            num_skipped=state.num_skipped + jnp.sum(~ok).astype(jnp.int32),
+            last_scale=scale.astype(state.last_scale.dtype),
+        )
+        return jax.tree.unflatten(treedef, new_updates), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)

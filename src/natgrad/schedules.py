@@ -1,0 +1,60 @@
+"""Step-size schedules γ_t for natural-gradient VI, as optax schedules (``count -> γ``).
+
+Natural-gradient steps with γ = 1 are exact for conjugate models but unstable in general;
+Salimbeni et al. (2018, §4) warm γ up log-linearly from a tiny value.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+
+def log_linear_warmup(initial: float = 1e-4, final: float = 0.1, steps: int = 5) -> optax.Schedule:
+    """γ_t = γ₀ (γ₁/γ₀)^min(t/K, 1): geometric growth from γ₀ to γ₁ over K steps, then γ₁.
+
+    Salimbeni, Eleftheriadis & Hensman (AISTATS 2018) used γ₀ = 1e-4 → γ₁ = 0.1.
+
+    Args:
+      initial: γ₀ > 0, the step size at t = 0.
+      final: γ₁ > 0, the step size from t = K on.
+      steps: K ≥ 1, the length of the warm-up.
+
+    Returns:
+      An optax schedule mapping the step count t to γ_t.
+
+    Example:
+      >>> sched = log_linear_warmup(1e-4, 0.1, steps=5)
+      >>> float(sched(0)), float(sched(5))
+      (0.0001, 0.1)
+    """
+    if not (initial > 0 and final > 0):
+        raise ValueError(f"`initial` and `final` must be positive, got {initial} and {final}")
+    if steps < 1:
+        raise ValueError(f"`steps` must be at least 1, got {steps}")
+    log_ratio = jnp.log(final / initial)
+
+    def schedule(count):
+        fraction = jnp.minimum(jnp.asarray(count, dtype=jnp.float32) / steps, 1.0)
+        return initial * jnp.exp(fraction * log_ratio)
+
+    return schedule
+
+
+def increasing_rate(rate: float = 1.0, speed: float = 0.1) -> optax.Schedule:
+    """γ_t = α(1 − e^(−ct)), the "increasing rate" schedule rising from 0 towards α.
+
+    Args:
+      rate: α > 0, the limit of γ_t.
+      speed: c > 0, how fast γ_t approaches α.
+
+    Note γ_0 = 0: the first step does nothing. Start the count at 1 with
+    ``optax.join_schedules`` or use :func:`log_linear_warmup` if that matters.
+    """
+    if not (rate > 0 and speed > 0):
+        raise ValueError(f"`rate` and `speed` must be positive, got {rate} and {speed}")
+
+    def schedule(count):
+        return rate * (1.0 - jnp.exp(-speed * jnp.asarray(count, dtype=jnp.float32)))
+
+    return schedule
