@@ -14,6 +14,7 @@ Gaussian), independent of how the gradient ∇_ξL was obtained.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
@@ -59,6 +60,7 @@ def natural_gradient(
     grads: PyTree,
     parameterization: str | Parameterization,
     mode: Literal["forward", "reverse"] = "forward",
+    derivatives: Literal["closed_form", "autodiff"] = "closed_form",
     check: bool = True,
 ) -> PyTree:
     """Natural gradient F_ξ⁻¹∇_ξL of a loss L in the parameterization ξ.
@@ -76,6 +78,12 @@ def natural_gradient(
         :class:`natgrad.Parameterization`.
       mode: ``"forward"`` (a JVP) or ``"reverse"`` (the JVP emulated by two VJPs; equal to
         rounding, for functions that only have reverse-mode rules).
+      derivatives: ``"closed_form"`` uses the parameterization's derivatives of ξ(η) and ξ(θ)
+        written at the known point ξ (:meth:`Parameterization.from_expectation_vjp`,
+        :meth:`Parameterization.from_natural_jvp`; the built-in Gaussians recompute no
+        Cholesky factorization of the covariance); ``"autodiff"`` differentiates the
+        conversion functions with ``jax.vjp``/``jax.jvp``. Both give the same result to
+        rounding; parameterizations without closed forms use autodiff either way.
       check: run the static shape checks and, outside ``jit``, the value checks.
 
     Returns:
@@ -94,22 +102,23 @@ def natural_gradient(
         _check_matching(params, grads)
     if mode not in ("forward", "reverse"):
         raise ValueError(f"`mode` must be 'forward' or 'reverse', got {mode!r}")
+    if derivatives not in ("closed_form", "autodiff"):
+        raise ValueError(f"`derivatives` must be 'closed_form' or 'autodiff', got {derivatives!r}")
     treedef = jax.tree.structure(params)
+    if derivatives == "closed_form":
+        pull_back = functools.partial(p.from_expectation_vjp, params)
+        push_forward = functools.partial(p.from_natural_jvp, params)
+    else:  # the base-class methods differentiate the conversions with jax.vjp / jax.jvp
+        pull_back = functools.partial(Parameterization.from_expectation_vjp, p, params)
+        push_forward = functools.partial(Parameterization.from_natural_jvp, p, params)
 
-    grads = p.project_gradient(params, grads)
-    expectation = p.to_expectation(params)
-    _, vjp_fun = jax.vjp(p.from_expectation, expectation)
-    (dloss_dexpectation,) = vjp_fun(_like(grads, p.from_expectation(expectation)))
+    dloss_dexpectation = pull_back(p.project_gradient(params, grads))
     natural_tangent = p.project_natural_tangent(dloss_dexpectation)
-
-    natural = p.to_natural(params)
     if mode == "forward":
-        _, nat_grad = jax.jvp(p.from_natural, (natural,), (natural_tangent,))
-    else:
-        nat_grad = _jvp_by_reverse_twice(p.from_natural, natural, natural_tangent)
+        nat_grad = push_forward(natural_tangent)
+    elif derivatives == "autodiff":
+        nat_grad = _jvp_by_reverse_twice(p.from_natural, p.to_natural(params), natural_tangent)
+    else:  # the closed-form push-forward is linear, so J·v = (Jᵀ)ᵀ·v by two VJPs of it
+        zero = jax.tree.map(jnp.zeros_like, natural_tangent)
+        nat_grad = _jvp_by_reverse_twice(push_forward, zero, natural_tangent)
     return jax.tree.unflatten(treedef, jax.tree.leaves(nat_grad))
-
-
-def _like(tree: PyTree, reference: PyTree) -> PyTree:
-    """Re-pack the leaves of ``tree`` in the container type of ``reference``."""
-    return jax.tree.unflatten(jax.tree.structure(reference), jax.tree.leaves(tree))

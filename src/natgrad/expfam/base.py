@@ -75,6 +75,28 @@ class Parameterization(abc.ABC):
         """∂L/∂η from reverse mode → tangent of θ."""
         return dnatural
 
+    # -- linearizations at the current point ---------------------------------------------------
+    def from_expectation_vjp(self, params: PyTree, cotangent: PyTree) -> PyTree:
+        """(∂ξ/∂η)ᵀ·g: the VJP of ξ(η) at η = η(ξ), ``params`` being ξ.
+
+        The default differentiates :meth:`from_expectation` with ``jax.vjp``. A parameterization
+        may override it with the same derivative written at the known point ξ (so that no
+        factorization is recomputed); tests hold every override equal to this default.
+        """
+        expectation = self.to_expectation(params)
+        out, vjp_fun = jax.vjp(self.from_expectation, expectation)
+        cotangent = jax.tree.unflatten(jax.tree.structure(out), jax.tree.leaves(cotangent))
+        return vjp_fun(cotangent)[0]
+
+    def from_natural_jvp(self, params: PyTree, dnatural: PyTree) -> PyTree:
+        """(∂ξ/∂θ)·v: the JVP of ξ(θ) at θ = θ(ξ), ``params`` being ξ.
+
+        The default differentiates :meth:`from_natural` with ``jax.jvp``; overrides as for
+        :meth:`from_expectation_vjp`.
+        """
+        natural = self.to_natural(params)
+        return jax.jvp(self.from_natural, (natural,), (dnatural,))[1]
+
     # -- checks ------------------------------------------------------------------------------
     @abc.abstractmethod
     def check_structure(self, params: PyTree, *, argname: str = "params") -> None:

@@ -111,6 +111,61 @@ def mean_precision_cholesky_from_expectation(eta1, eta2):
 
 
 # --------------------------------------------------------------------------------------------
+# Derivatives of the conversions, written at a known point so that nothing is refactorized.
+# They are what jax.jvp / jax.vjp of the conversions above compute (tests hold them equal), in
+# the Frobenius pairing on symmetric matrices.
+# --------------------------------------------------------------------------------------------
+
+
+def _phi(x):
+    """Φ(X): the lower triangle of X with its diagonal halved (self-adjoint in ⟨·,·⟩_F)."""
+    return jnp.tril(x) - 0.5 * x * jnp.eye(x.shape[-1], dtype=x.dtype)
+
+
+def cholesky_jvp(chol, dcov):
+    """dL = LΦ(L⁻¹ dS L⁻ᵀ), the derivative of L = chol(S) (dS symmetric)."""
+    left = linalg.solve_triangular(chol, dcov, lower=True)  # L⁻¹dS
+    inner = linalg.solve_triangular(chol, linalg.transpose(left), lower=True)  # L⁻¹dSL⁻ᵀ
+    return jnp.matmul(chol, _phi(inner))
+
+
+def cholesky_vjp(chol, cotangent):
+    """Ḡ_S = sym(L⁻ᵀΦ(LᵀG)L⁻¹), the adjoint of :func:`cholesky_jvp` for cotangent G of L."""
+    inner = _phi(jnp.matmul(linalg.transpose(chol), jnp.tril(cotangent)))
+    right = linalg.solve_triangular(chol, inner, lower=True, transpose_t=True)  # L⁻ᵀX
+    both = linalg.solve_triangular(chol, linalg.transpose(right), lower=True, transpose_t=True)
+    return linalg.symmetrize(both)  # (L⁻ᵀXL⁻¹)ᵀ symmetrized
+
+
+def mean_covariance_from_expectation_vjp(mean, dmean, dcov):
+    """Adjoint of (m, S) = (η₁, η₂ − η₁η₁ᵀ): (∂η₁, ∂η₂) = (g_m − 2G_S m, G_S), G_S symmetric."""
+    return dmean - 2.0 * linalg.mv(dcov, mean), dcov
+
+
+def mean_covariance_from_natural_jvp(mean, cov, dtheta1, dtheta2):
+    """Derivative of (m, S) = ((−2θ₂)⁻¹θ₁, (−2θ₂)⁻¹): dS = 2S dθ₂ S, dm = S(dθ₁ + 2dθ₂m)."""
+    dcov = 2.0 * jnp.matmul(cov, jnp.matmul(dtheta2, cov))
+    dmean = linalg.mv(cov, dtheta1 + 2.0 * linalg.mv(dtheta2, mean))
+    return dmean, dcov
+
+
+def natural_from_mean_covariance_vjp(theta1, prec, g1, g2):
+    """Adjoint of θ(m, S) = (S⁻¹m, −½S⁻¹) with P = S⁻¹, for cotangent (g₁, G₂):
+
+    ∂m = Pg₁,  ∂S = ½PG₂P − sym((Pg₁)θ₁ᵀ).
+    """
+    p_g1 = linalg.mv(prec, g1)
+    dcov = 0.5 * jnp.matmul(prec, jnp.matmul(linalg.symmetrize(g2), prec))
+    dcov = dcov - linalg.symmetrize(linalg.outer(p_g1, theta1))
+    return p_g1, dcov
+
+
+def expectation_from_mean_covariance_jvp(mean, dmean, dcov):
+    """Derivative of (η₁, η₂) = (m, S + mmᵀ): (dm, dS + dm mᵀ + m dmᵀ)."""
+    return dmean, dcov + linalg.outer(dmean, mean) + linalg.outer(mean, dmean)
+
+
+# --------------------------------------------------------------------------------------------
 # Densities, entropies, KL and sampling from a triangular scale A with AAᵀ = S.
 # --------------------------------------------------------------------------------------------
 
@@ -325,6 +380,18 @@ class _Natural(GaussianParameterization):
     def from_expectation(self, expectation):
         return natural_from_mean_covariance(*mean_covariance_from_expectation(*expectation))
 
+    def from_expectation_vjp(self, params, cotangent):
+        t1, t2, _ = self._split(params)
+        g1, g2, _ = self._split(cotangent, "cotangent")
+        prec = -2.0 * t2  # P = S⁻¹ = −2θ₂
+        mean = linalg.cho_solve_vec(linalg.cholesky(prec), t1)  # m = Sθ₁: the one factorization
+        dmean, dcov = natural_from_mean_covariance_vjp(t1, prec, g1, g2)
+        return mean_covariance_from_expectation_vjp(mean, dmean, dcov)
+
+    def from_natural_jvp(self, params, dnatural):
+        d1, d2 = dnatural
+        return d1, d2
+
     def is_valid(self, params):
         t1, t2, _ = self._split(params)
         return _finite(t1, t2) & _pd_ok(-2.0 * t2)
@@ -352,6 +419,16 @@ class _Expectation(GaussianParameterization):
 
     def from_expectation(self, expectation):
         return tuple(expectation)
+
+    def from_expectation_vjp(self, params, cotangent):
+        g1, g2, _ = self._split(cotangent, "cotangent")
+        return g1, g2
+
+    def from_natural_jvp(self, params, dnatural):
+        mean, cov = mean_covariance_from_expectation(*self._split(params)[:2])
+        d1, d2 = dnatural
+        dmean, dcov = mean_covariance_from_natural_jvp(mean, cov, d1, linalg.symmetrize(d2))
+        return expectation_from_mean_covariance_jvp(mean, dmean, dcov)
 
     def is_valid(self, params):
         e1, e2, _ = self._split(params)
@@ -385,6 +462,16 @@ class _MeanCovariance(GaussianParameterization):
     def _scale(self, params):
         m, s, _ = self._split(params)
         return m, linalg.cholesky(s), True
+
+    def from_expectation_vjp(self, params, cotangent):
+        mean, _, _ = self._split(params)
+        g1, g2, _ = self._split(cotangent, "cotangent")
+        return mean_covariance_from_expectation_vjp(mean, g1, linalg.symmetrize(g2))
+
+    def from_natural_jvp(self, params, dnatural):
+        mean, cov, _ = self._split(params)
+        d1, d2 = dnatural
+        return mean_covariance_from_natural_jvp(mean, cov, d1, linalg.symmetrize(d2))
 
     def is_valid(self, params):
         m, s, _ = self._split(params)
@@ -420,6 +507,21 @@ class _MeanCholesky(GaussianParameterization):
         m, lt, _ = self._split(params)
         return m, lt, True
 
+    def from_expectation_vjp(self, params, cotangent):
+        mean, scale_tril, _ = self._split(params)
+        g1, g2, _ = self._split(cotangent, "cotangent")
+        return mean_covariance_from_expectation_vjp(mean, g1, cholesky_vjp(scale_tril, g2))
+
+    def from_natural_jvp(self, params, dnatural):
+        # With S = LLᵀ: dS = 2S dθ₂ S and L⁻¹dSL⁻ᵀ = 2Lᵀdθ₂L, so dL = LΦ(2Lᵀdθ₂L) needs no solve.
+        mean, scale_tril, _ = self._split(params)
+        d1, d2 = dnatural
+        d2 = linalg.symmetrize(d2)
+        lt = linalg.transpose(scale_tril)
+        dscale = jnp.matmul(scale_tril, _phi(2.0 * jnp.matmul(lt, jnp.matmul(d2, scale_tril))))
+        dmean = linalg.mv(scale_tril, linalg.mv(lt, d1 + 2.0 * linalg.mv(d2, mean)))
+        return dmean, dscale
+
     def is_valid(self, params):
         m, lt, _ = self._split(params)
         return _finite(m, lt) & jnp.all(jnp.diagonal(lt, axis1=-2, axis2=-1) > 0, axis=-1)
@@ -453,6 +555,25 @@ class _MeanPrecisionCholesky(GaussianParameterization):
         # S = L⁻ᵀL⁻¹, so A = L⁻ᵀ (upper triangular) satisfies AAᵀ = S.
         m, lt, _ = self._split(params)
         return m, linalg.transpose(linalg.triangular_inverse(lt)), False
+
+    def from_expectation_vjp(self, params, cotangent):
+        # Λ(S) = chol(S⁻¹) has dΛ = −ΛΦ(ΛᵀdSΛ), whose adjoint is Ḡ_S = −sym(ΛΦ(ΛᵀG)Λᵀ).
+        mean, prec_tril, _ = self._split(params)
+        g1, g2, _ = self._split(cotangent, "cotangent")
+        inner = _phi(jnp.matmul(linalg.transpose(prec_tril), jnp.tril(g2)))
+        dcov = -linalg.symmetrize(
+            jnp.matmul(prec_tril, jnp.matmul(inner, linalg.transpose(prec_tril)))
+        )
+        return mean_covariance_from_expectation_vjp(mean, g1, dcov)
+
+    def from_natural_jvp(self, params, dnatural):
+        # Λ = chol(−2θ₂): dΛ = chol'(−2dθ₂); m = P⁻¹θ₁: dm = S(dθ₁ + 2dθ₂m).
+        mean, prec_tril, _ = self._split(params)
+        d1, d2 = dnatural
+        d2 = linalg.symmetrize(d2)
+        dprec_tril = cholesky_jvp(prec_tril, -2.0 * d2)
+        dmean = linalg.cho_solve_vec(prec_tril, d1 + 2.0 * linalg.mv(d2, mean))
+        return dmean, dprec_tril
 
     def is_valid(self, params):
         m, lt, _ = self._split(params)
