@@ -4,7 +4,7 @@ Fisher-preconditioned steps without forming or inverting a Fisher matrix.
 """
 
 from natgrad import linalg, optim
-from natgrad.expfam import gaussian
+from natgrad.expfam import diagonal, gaussian
 from natgrad.expfam.base import (
     Parameterization,
     available_parameterizations,
@@ -22,6 +22,7 @@ __all__ = [
     "Parameterization",
     "__version__",
     "available_parameterizations",
+    "diagonal",
     "gaussian",
     "increasing_rate",
     "linalg",
