@@ -26,6 +26,7 @@ Gradient conventions (what ``jax.grad`` of a user's loss hands in is accepted as
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -238,7 +239,8 @@ class GaussianParameterization(Parameterization):
 
     name: str = ""
     names: tuple[str, str] = ("first", "second")
-    #: "symmetric" or "cholesky": how the matrix block is constrained.
+    #: How the matrix block is constrained: "symmetric", "cholesky" (lower triangular) or
+    #: "general" (every entry is a free parameter; gradients are used as they are).
     matrix_kind: str = "symmetric"
     family_name: str = "multivariate Gaussian"
 
@@ -254,7 +256,10 @@ class GaussianParameterization(Parameterization):
     # -- tangent conventions -----------------------------------------------------------------
     def project_gradient(self, params, grads):
         g1, g2, rebuild = self._split(grads, "grads")
-        g2 = jnp.tril(g2) if self.matrix_kind == "cholesky" else linalg.symmetrize(g2)
+        if self.matrix_kind == "cholesky":
+            g2 = jnp.tril(g2)
+        elif self.matrix_kind == "symmetric":
+            g2 = linalg.symmetrize(g2)
         return rebuild(g1, g2)
 
     def project_natural_tangent(self, dnatural):
@@ -305,7 +310,9 @@ class GaussianParameterization(Parameterization):
                     f"`{argname}`: {self.names[1]} must be lower triangular (the upper triangle "
                     "is not a parameter); pass jnp.tril(...) of it"
                 )
-        elif bool(jnp.any(jnp.abs(mat - linalg.transpose(mat)) > tol)):
+        elif self.matrix_kind == "symmetric" and bool(
+            jnp.any(jnp.abs(mat - linalg.transpose(mat)) > tol)
+        ):
             raise ValueError(
                 f"`{argname}`: {self.names[1]} must be symmetric; pass "
                 "natgrad.linalg.symmetrize(...) of it"
@@ -584,6 +591,99 @@ class _MeanPrecisionCholesky(GaussianParameterization):
             "precision_tril must be a finite lower-triangular matrix with a positive diagonal "
             "(the Cholesky factor of a positive-definite precision)"
         )
+
+
+@dataclass(frozen=True, repr=False)
+class _CustomGaussian(GaussianParameterization):
+    to_natural_fn: Callable | None = None
+    from_natural_fn: Callable | None = None
+    is_valid_fn: Callable | None = None
+
+    def to_natural(self, params):
+        first, second, _ = self._split(params)
+        return tuple(self.to_natural_fn((first, second)))
+
+    def from_natural(self, natural):
+        return tuple(self.from_natural_fn(tuple(natural)))
+
+    def to_expectation(self, params):
+        return expectation_from_mean_covariance(
+            *mean_covariance_from_natural(*self.to_natural(params))
+        )
+
+    def from_expectation(self, expectation):
+        return self.from_natural(
+            natural_from_mean_covariance(*mean_covariance_from_expectation(*expectation))
+        )
+
+    def is_valid(self, params):
+        first, second, _ = self._split(params)
+        ok = _finite(first, second)
+        if self.is_valid_fn is not None:
+            return ok & self.is_valid_fn((first, second))
+        t1, t2 = self.to_natural(params)
+        return ok & _finite(t1, t2) & _pd_ok(-2.0 * t2)
+
+
+def custom_parameterization(
+    name: str,
+    to_natural: Callable,
+    from_natural: Callable,
+    is_valid: Callable | None = None,
+    *,
+    names: tuple[str, str] = ("first", "second"),
+    matrix_kind: str = "general",
+) -> GaussianParameterization:
+    """A user-defined parameterization ξ = (a, B) of the full-covariance Gaussian.
+
+    Given the pair of maps θ(ξ) and ξ(θ) (θ = (S⁻¹m, −½S⁻¹), shapes ``(..., D)`` and
+    ``(..., D, D)``), the expectation maps go through the natural parameters,
+    η(ξ) = η(θ(ξ)) and ξ(η) = ξ(θ(η)), and :func:`natgrad.natural_gradient` differentiates
+    them with autodiff. The maps must accept leading batch axes (write them with ``...``
+    indexing, or wrap with ``jnp.vectorize``).
+
+    Args:
+      name: a name for messages; pass the result to :func:`natgrad.register` to make the name
+        resolvable.
+      to_natural: ξ ↦ θ, a pair to a pair.
+      from_natural: θ ↦ ξ, its inverse.
+      is_valid: optional ξ ↦ boolean of the batch shape; the default checks that θ(ξ) is finite
+        with a positive-definite precision −2θ₂.
+      names: names of the two blocks, for error messages.
+      matrix_kind: ``"general"`` (all D² entries of B are parameters), ``"symmetric"`` or
+        ``"cholesky"`` (lower triangular): fixes how gradients of B are projected.
+
+    Example (mean and log-Cholesky: S = LLᵀ with L's diagonal stored as its logarithm)::
+
+      def to_nat(xi):
+          m, log_chol = xi
+          diag = jnp.diagonal(log_chol, axis1=-2, axis2=-1)
+          chol = jnp.tril(log_chol, -1) + jnp.exp(diag)[..., None] * jnp.eye(m.shape[-1])
+          return natgrad.gaussian.natural_from_mean_cholesky(m, chol)
+
+      def from_nat(theta):
+          m, chol = natgrad.gaussian.mean_cholesky_from_natural(*theta)
+          diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
+          return m, jnp.tril(chol, -1) + jnp.log(diag)[..., None] * jnp.eye(m.shape[-1])
+
+      log_cholesky = natgrad.gaussian.custom_parameterization(
+          "mean_log_cholesky", to_nat, from_nat, matrix_kind="cholesky")
+    """
+    if matrix_kind not in ("general", "symmetric", "cholesky"):
+        raise ValueError(
+            f"`matrix_kind` must be 'general', 'symmetric' or 'cholesky', got {matrix_kind!r}"
+        )
+    for label, fn in (("to_natural", to_natural), ("from_natural", from_natural)):
+        if not callable(fn):
+            raise TypeError(f"`{label}` must be a function of a pair, got {type(fn).__name__}")
+    return _CustomGaussian(
+        name=name,
+        names=names,
+        matrix_kind=matrix_kind,
+        to_natural_fn=to_natural,
+        from_natural_fn=from_natural,
+        is_valid_fn=is_valid,
+    )
 
 
 natural = register(_Natural())
