@@ -6,8 +6,15 @@ Salimbeni et al. (2018, §4) warm γ up log-linearly from a tiny value.
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import optax
+
+
+def _float_dtype():
+    """The default float dtype: float64 when ``jax_enable_x64`` is on, else float32."""
+    return jnp.result_type(float)
 
 
 def log_linear_warmup(initial: float = 1e-4, final: float = 0.1, steps: int = 5) -> optax.Schedule:
@@ -25,18 +32,22 @@ def log_linear_warmup(initial: float = 1e-4, final: float = 0.1, steps: int = 5)
 
     Example:
       >>> sched = log_linear_warmup(1e-4, 0.1, steps=5)
-      >>> float(sched(0)), float(sched(5))
-      (0.0001, 0.1)
+      >>> [round(float(sched(t)), 6) for t in (0, 5, 10)]
+      [0.0001, 0.1, 0.1]
     """
-    if not (initial > 0 and final > 0):
-        raise ValueError(f"`initial` and `final` must be positive, got {initial} and {final}")
+    if not (0 < initial < math.inf and 0 < final < math.inf):
+        raise ValueError(
+            f"`initial` and `final` must be positive and finite, got {initial} and {final}"
+        )
     if steps < 1:
         raise ValueError(f"`steps` must be at least 1, got {steps}")
-    log_ratio = jnp.log(final / initial)
+    log_ratio = math.log(final) - math.log(initial)  # log(γ₁/γ₀), no overflow
 
     def schedule(count):
-        fraction = jnp.minimum(jnp.asarray(count, dtype=jnp.float32) / steps, 1.0)
-        return initial * jnp.exp(fraction * log_ratio)
+        # In the default float dtype, so that γ_t is float64 (not rounded to float32) under x64.
+        fraction = jnp.minimum(jnp.asarray(count, dtype=_float_dtype()) / steps, 1.0)
+        # γ₁ itself from t = K on (γ₀·exp(log(γ₁/γ₀)) is off by a few ulp).
+        return jnp.where(fraction < 1.0, initial * jnp.exp(fraction * log_ratio), final)
 
     return schedule
 
@@ -51,10 +62,11 @@ def increasing_rate(rate: float = 1.0, speed: float = 0.1) -> optax.Schedule:
     Note γ_0 = 0: the first step does nothing. Start the count at 1 with
     ``optax.join_schedules`` or use :func:`log_linear_warmup` if that matters.
     """
-    if not (rate > 0 and speed > 0):
-        raise ValueError(f"`rate` and `speed` must be positive, got {rate} and {speed}")
+    if not (0 < rate < math.inf and 0 < speed < math.inf):
+        raise ValueError(f"`rate` and `speed` must be positive and finite, got {rate} and {speed}")
 
     def schedule(count):
-        return rate * (1.0 - jnp.exp(-speed * jnp.asarray(count, dtype=jnp.float32)))
+        # −expm1(−ct) = 1 − e^(−ct) without cancellation for small ct; default float dtype.
+        return rate * -jnp.expm1(-speed * jnp.asarray(count, dtype=_float_dtype()))
 
     return schedule

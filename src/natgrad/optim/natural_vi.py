@@ -93,6 +93,8 @@ def natural_vi(
     p = resolve(parameterization)
     if max_shrinks < 0:
         raise ValueError(f"`max_shrinks` must be ≥ 0, got {max_shrinks}")
+    if mode not in ("forward", "reverse"):
+        raise ValueError(f"`mode` must be 'forward' or 'reverse', got {mode!r}")
     schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
 
     def init_fn(params):
