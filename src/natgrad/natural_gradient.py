@@ -37,6 +37,12 @@ def _check_matching(params: PyTree, grads: PyTree) -> None:
                 f"`grads` leaf {i} has shape {jnp.shape(g)} but the matching `params` leaf has "
                 f"shape {jnp.shape(p)}; the gradient of a parameter has that parameter's shape"
             )
+        if jnp.result_type(p) != jnp.result_type(g):
+            raise ValueError(
+                f"`grads` leaf {i} has dtype {jnp.result_type(g)} but the matching `params` leaf "
+                f"has dtype {jnp.result_type(p)}; the natural gradient keeps the parameters' "
+                "dtype, so pass gradients of the same dtype (as jax.grad at these params returns)"
+            )
     if not any(isinstance(x, jax.core.Tracer) for x in g_leaves):
         for i, g in enumerate(g_leaves):
             if not bool(jnp.all(jnp.isfinite(g))):
