@@ -4,7 +4,7 @@ Fisher-preconditioned steps without forming or inverting a Fisher matrix.
 """
 
 from natgrad import linalg, optim
-from natgrad.expfam import diagonal, gaussian
+from natgrad.expfam import diagonal, gaussian, generic
 from natgrad.expfam.base import (
     Parameterization,
     available_parameterizations,
@@ -24,6 +24,7 @@ __all__ = [
     "available_parameterizations",
     "diagonal",
     "gaussian",
+    "generic",
     "increasing_rate",
     "linalg",
     "log_linear_warmup",
