@@ -73,3 +73,16 @@ def test_unknown_derivatives_option_is_rejected():
         natgrad.natural_gradient(
             params=params, grads=params, parameterization="mean_cholesky", derivatives="magic"
         )
+
+
+@pytest.mark.parametrize("p", gaussian.PARAMETERIZATIONS, ids=lambda p: p.name)
+def test_fused_natural_gradient_equals_the_composition(p):
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    params = p.from_natural(gaussian.natural_from_mean_covariance(*_point(keys[0], 6, (2,))))
+    grads = p.project_gradient(
+        params, (jax.random.normal(keys[1], (2, 6)), jax.random.normal(keys[2], (2, 6, 6)))
+    )
+    composed = p.from_natural_jvp(
+        params, p.project_natural_tangent(p.from_expectation_vjp(params, grads))
+    )
+    _assert_trees_close(p.natural_gradient_at(params, grads), composed)

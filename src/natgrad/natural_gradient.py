@@ -86,8 +86,10 @@ def natural_gradient(
         rounding, for functions that only have reverse-mode rules).
       derivatives: ``"closed_form"`` uses the parameterization's derivatives of ξ(η) and ξ(θ)
         written at the known point ξ (:meth:`Parameterization.from_expectation_vjp`,
-        :meth:`Parameterization.from_natural_jvp`; the built-in Gaussians recompute no
-        Cholesky factorization of the covariance); ``"autodiff"`` differentiates the
+        :meth:`Parameterization.from_natural_jvp`, composed by
+        :meth:`Parameterization.natural_gradient_at`, where factors that cancel between the
+        two are cancelled; the built-in Gaussians recompute no Cholesky factorization of the
+        covariance); ``"autodiff"`` differentiates the
         conversion functions with ``jax.vjp``/``jax.jvp``. Both give the same result to
         rounding; parameterizations without closed forms use autodiff either way.
       check: run the static shape checks and, outside ``jit``, the value checks.
@@ -118,8 +120,11 @@ def natural_gradient(
         pull_back = functools.partial(Parameterization.from_expectation_vjp, p, params)
         push_forward = functools.partial(Parameterization.from_natural_jvp, p, params)
 
-    dloss_dexpectation = pull_back(p.project_gradient(params, grads))
-    natural_tangent = p.project_natural_tangent(dloss_dexpectation)
+    grads = p.project_gradient(params, grads)
+    if mode == "forward" and derivatives == "closed_form":
+        nat_grad = p.natural_gradient_at(params, grads)
+        return jax.tree.unflatten(treedef, jax.tree.leaves(nat_grad))
+    natural_tangent = p.project_natural_tangent(pull_back(grads))
     if mode == "forward":
         nat_grad = push_forward(natural_tangent)
     elif derivatives == "autodiff":

@@ -97,6 +97,17 @@ class Parameterization(abc.ABC):
         natural = self.to_natural(params)
         return jax.jvp(self.from_natural, (natural,), (dnatural,))[1]
 
+    def natural_gradient_at(self, params: PyTree, grads: PyTree) -> PyTree:
+        """(∂ξ/∂θ)·project(∂L/∂η): the identity composed at the point ξ = ``params``.
+
+        ``grads`` are already projected (:meth:`project_gradient`). The default composes
+        :meth:`from_expectation_vjp` and :meth:`from_natural_jvp`; a parameterization whose
+        composition simplifies symbolically (factors that cancel between the VJP and the JVP)
+        may override it, and tests hold the override equal to the composition.
+        """
+        dnatural = self.project_natural_tangent(self.from_expectation_vjp(params, grads))
+        return self.from_natural_jvp(params, dnatural)
+
     # -- checks ------------------------------------------------------------------------------
     @abc.abstractmethod
     def check_structure(self, params: PyTree, *, argname: str = "params") -> None:

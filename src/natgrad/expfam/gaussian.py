@@ -138,6 +138,17 @@ def cholesky_vjp(chol, cotangent):
     return linalg.symmetrize(both)  # (L⁻ᵀXL⁻¹)ᵀ symmetrized
 
 
+def cholesky_natural_gradient(chol, cotangent):
+    """LΦ(X + Xᵀ) with X = Φ(Lᵀ tril G): the natural gradient of a Cholesky block.
+
+    For S = LLᵀ the VJP of L(η) gives ∂L/∂η₂ = sym(L⁻ᵀXL⁻¹) and the JVP of L(θ) maps dθ₂ to
+    LΦ(2Lᵀdθ₂L); composed, the triangular solves cancel against the products. The same holds
+    for the Cholesky factor of the precision, S⁻¹ = LLᵀ (both signs flip).
+    """
+    inner = _phi(jnp.matmul(linalg.transpose(chol), jnp.tril(cotangent)))
+    return jnp.matmul(chol, _phi(inner + linalg.transpose(inner)))
+
+
 def mean_covariance_from_expectation_vjp(mean, dmean, dcov):
     """Adjoint of (m, S) = (η₁, η₂ − η₁η₁ᵀ): (∂η₁, ∂η₂) = (g_m − 2G_S m, G_S), G_S symmetric."""
     return dmean - 2.0 * linalg.mv(dcov, mean), dcov
@@ -529,6 +540,13 @@ class _MeanCholesky(GaussianParameterization):
         dmean = linalg.mv(scale_tril, linalg.mv(lt, d1 + 2.0 * linalg.mv(d2, mean)))
         return dmean, dscale
 
+    def natural_gradient_at(self, params, grads):
+        # The mean block is S·g_m (the Fisher is block diagonal in (m, S)).
+        _, scale_tril, _ = self._split(params)
+        g1, g2, _ = self._split(grads, "grads")
+        dmean = linalg.mv(scale_tril, linalg.mv(linalg.transpose(scale_tril), g1))
+        return dmean, cholesky_natural_gradient(scale_tril, g2)
+
     def is_valid(self, params):
         m, lt, _ = self._split(params)
         return _finite(m, lt) & jnp.all(jnp.diagonal(lt, axis1=-2, axis2=-1) > 0, axis=-1)
@@ -581,6 +599,12 @@ class _MeanPrecisionCholesky(GaussianParameterization):
         dprec_tril = cholesky_jvp(prec_tril, -2.0 * d2)
         dmean = linalg.cho_solve_vec(prec_tril, d1 + 2.0 * linalg.mv(d2, mean))
         return dmean, dprec_tril
+
+    def natural_gradient_at(self, params, grads):
+        # The mean block is S·g_m = (LLᵀ)⁻¹g_m (the Fisher is block diagonal in (m, S)).
+        _, prec_tril, _ = self._split(params)
+        g1, g2, _ = self._split(grads, "grads")
+        return linalg.cho_solve_vec(prec_tril, g1), cholesky_natural_gradient(prec_tril, g2)
 
     def is_valid(self, params):
         m, lt, _ = self._split(params)
