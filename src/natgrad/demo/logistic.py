@@ -84,8 +84,9 @@ with each expectation by Gauss–Hermite quadrature (deterministic), from the sa
                     {GAMMA_INITIAL:g} to γ₁ over K steps (--gamma, --warmup-steps).
   adam              optax.adam on (m, L) with the gradient of L kept lower triangular (--adam-lr).
 
-Steps run in float64, jit-compiled in chunks of jax.lax.scan, timed after compilation.
-The ELBO is recorded after every iteration.
+Steps run in float64 (x64 is switched on for the run only; --dtype float32 to compare),
+jit-compiled in chunks of jax.lax.scan and timed after compilation (--chunk-size steps per
+call); the ELBO is recorded after every iteration.
 
 Output: a table with, per method, the iterations and seconds to come within {TOLERANCE:g} nat of the
 best ELBO either method reached, the final ELBO, the test accuracy (p(y=1|x) = E_q[σ(xᵀw)] > ½)
@@ -96,7 +97,7 @@ and seconds per iteration; and in the output folder (--out):
   demo-logistic.png   ELBO against iteration, and the gap to the best ELBO against iteration
                       and against seconds (log scale).
 
-Example:  natgrad demo --out ./natgrad-out      (about half a minute on two CPU cores)
+Example:  natgrad demo --out ./natgrad-out      (10–20 s on two CPU cores, mostly compilation)
           natgrad demo --quick                  (a few seconds; small iteration budgets)
 """
 
