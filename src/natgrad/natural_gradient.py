@@ -20,7 +20,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from natgrad.expfam.base import Parameterization, PyTree, resolve
+from natgrad.expfam.base import Parameterization, PyTree, is_traced, resolve
 
 
 def _check_matching(params: PyTree, grads: PyTree) -> None:
@@ -43,7 +43,7 @@ def _check_matching(params: PyTree, grads: PyTree) -> None:
                 f"has dtype {jnp.result_type(p)}; the natural gradient keeps the parameters' "
                 "dtype, so pass gradients of the same dtype (as jax.grad at these params returns)"
             )
-    if not any(isinstance(x, jax.core.Tracer) for x in g_leaves):
+    if not is_traced(grads):
         for i, g in enumerate(g_leaves):
             if not bool(jnp.all(jnp.isfinite(g))):
                 raise ValueError(

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 PyTree = Any
 
 
-def _is_traced(tree: PyTree) -> bool:
+def is_traced(tree: PyTree) -> bool:
+    """True if any leaf is a tracer (inside jit/vmap/grad), where value checks cannot run."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
@@ -134,7 +135,7 @@ class Parameterization(abc.ABC):
         Under ``jax.jit`` only the static checks run; use :meth:`is_valid` there.
         """
         self.check_structure(params, argname=argname)
-        if _is_traced(params):
+        if is_traced(params):
             return
         for leaf in jax.tree.leaves(params):
             if not bool(jnp.all(jnp.isfinite(leaf))):
@@ -187,6 +188,23 @@ def resolve(parameterization: str | Parameterization) -> Parameterization:
         "`parameterization` must be a name such as 'mean_cholesky' or a "
         f"natgrad.Parameterization, got {type(parameterization).__name__}"
     )
+
+
+def check_floating_pair(first, second, *, argname: str, names: tuple[str, str]) -> None:
+    """Raise unless both blocks of a pair are floating-point arrays of one dtype (static check)."""
+    for label, leaf in zip(names, (first, second), strict=True):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"`{argname}`: {label} must be an array, got {type(leaf).__name__}")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"`{argname}`: {label} must have a floating dtype (float32 or float64), "
+                f"got {leaf.dtype}"
+            )
+    if first.dtype != second.dtype:
+        raise TypeError(
+            f"`{argname}`: {names[0]} is {first.dtype} but {names[1]} is {second.dtype}; "
+            "use one dtype"
+        )
 
 
 def split_pair(params: PyTree, *, argname: str, family: str, names: tuple[str, str]):

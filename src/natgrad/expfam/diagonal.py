@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from natgrad.expfam.base import Parameterization, register, split_pair
+from natgrad.expfam.base import Parameterization, check_floating_pair, register, split_pair
 
 # --------------------------------------------------------------------------------------------
 # Conversions, one formula each. The hub is (m, v).
@@ -206,14 +206,8 @@ class DiagonalGaussianParameterization(Parameterization):
     # -- checks ------------------------------------------------------------------------------
     def check_structure(self, params, *, argname="params"):
         first, second, _ = self._split(params, argname)
+        check_floating_pair(first, second, argname=argname, names=self.names)
         for label, leaf in ((self.names[0], first), (self.names[1], second)):
-            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-                raise TypeError(f"`{argname}`: {label} must be an array, got {type(leaf).__name__}")
-            if not jnp.issubdtype(leaf.dtype, jnp.floating):
-                raise TypeError(
-                    f"`{argname}`: {label} must have a floating dtype (float32 or float64), "
-                    f"got {leaf.dtype}"
-                )
             if leaf.ndim < 1:
                 raise ValueError(f"`{argname}`: {label} must have shape (..., D), got a scalar")
         if first.shape != second.shape:
@@ -221,11 +215,6 @@ class DiagonalGaussianParameterization(Parameterization):
                 f"`{argname}`: {self.names[0]} has shape {tuple(first.shape)} but "
                 f"{self.names[1]} has shape {tuple(second.shape)}; a {self.family_name} needs "
                 "both of the same shape (..., D) (broadcast them explicitly if that is meant)"
-            )
-        if first.dtype != second.dtype:
-            raise TypeError(
-                f"`{argname}`: {self.names[0]} is {first.dtype} but {self.names[1]} is "
-                f"{second.dtype}; use one dtype"
             )
 
     # -- distribution methods ----------------------------------------------------------------

@@ -33,7 +33,13 @@ import jax
 import jax.numpy as jnp
 
 from natgrad import linalg
-from natgrad.expfam.base import Parameterization, register, split_pair
+from natgrad.expfam.base import (
+    Parameterization,
+    check_floating_pair,
+    is_traced,
+    register,
+    split_pair,
+)
 
 # --------------------------------------------------------------------------------------------
 # Conversions, one formula each. The hub is (m, S) with Cholesky factors where they are cheaper.
@@ -280,14 +286,7 @@ class GaussianParameterization(Parameterization):
     # -- checks ------------------------------------------------------------------------------
     def check_structure(self, params, *, argname="params"):
         vec, mat, _ = self._split(params, argname)
-        for label, leaf in ((self.names[0], vec), (self.names[1], mat)):
-            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-                raise TypeError(f"`{argname}`: {label} must be an array, got {type(leaf).__name__}")
-            if not jnp.issubdtype(leaf.dtype, jnp.floating):
-                raise TypeError(
-                    f"`{argname}`: {label} must have a floating dtype (float32 or float64), "
-                    f"got {leaf.dtype}"
-                )
+        check_floating_pair(vec, mat, argname=argname, names=self.names)
         if vec.ndim < 1:
             raise ValueError(f"`{argname}`: {self.names[0]} must have shape (..., D), got a scalar")
         dim = vec.shape[-1]
@@ -301,16 +300,11 @@ class GaussianParameterization(Parameterization):
                 f"`{argname}`: batch shapes differ: {self.names[0]} has {tuple(vec.shape[:-1])}, "
                 f"{self.names[1]} has {tuple(mat.shape[:-2])}; give both the same leading axes"
             )
-        if vec.dtype != mat.dtype:
-            raise TypeError(
-                f"`{argname}`: {self.names[0]} is {vec.dtype} but {self.names[1]} is {mat.dtype}; "
-                "use one dtype"
-            )
 
     def check(self, params, *, argname="params"):
         super().check(params, argname=argname)
         _, mat, _ = self._split(params, argname)
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
+        if is_traced(params):
             return
         mat = jnp.asarray(mat)
         scale = jnp.max(jnp.abs(mat)) + jnp.finfo(mat.dtype).tiny

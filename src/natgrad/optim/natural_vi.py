@@ -57,7 +57,7 @@ class NaturalVIState(NamedTuple):
     last_scale: jax.Array
 
 
-def _as_distribution(parameterization: Parameterization, leaves: list) -> PyTree:
+def _as_distribution(leaves: list) -> PyTree:
     """The distribution's parameters from the leaves of the (possibly masked) labelled subtree."""
     return leaves[0] if len(leaves) == 1 else tuple(leaves)
 
@@ -99,7 +99,7 @@ def natural_vi(
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
-        dist = _as_distribution(p, leaves)
+        dist = _as_distribution(leaves)
         p.check_structure(dist, argname="params")
         batch_shape = jnp.shape(p.is_valid(dist))
         dtype = leaves[0].dtype
@@ -121,8 +121,8 @@ def natural_vi(
                 f"`updates` has {len(grad_leaves)} arrays but `params` has {len(param_leaves)}; "
                 "pass the gradients of the same parameters"
             )
-        dist = _as_distribution(p, param_leaves)
-        grads = _as_distribution(p, grad_leaves)
+        dist = _as_distribution(param_leaves)
+        grads = _as_distribution(grad_leaves)
         p.check_structure(dist, argname="params")
         direction = natural_gradient(
             params=dist, grads=grads, parameterization=p, mode=mode, check=False
@@ -138,7 +138,7 @@ def natural_vi(
             ]
 
         def valid(scale):
-            return p.is_valid(_as_distribution(p, candidate(scale)))
+            return p.is_valid(_as_distribution(candidate(scale)))
 
         scale0 = jnp.ones_like(state.last_scale)
 
