@@ -1,12 +1,16 @@
 """Embedded data sets for the demos, split and standardized the same way every time.
 
-Every loader returns a :class:`ClassificationData` built by :func:`prepare_classification`:
+Every loader returns a :class:`ClassificationData`. The binary ones (:func:`load_breast_cancer`)
+are built by :func:`prepare_classification`:
 
 * a deterministic train/test split from ``numpy.random.default_rng(seed).permutation``;
 * features standardized with the *training* statistics, x̃ = (x − μ_train) / σ_train
   (a feature constant on the training set keeps σ = 1 so nothing is divided by zero);
 * a bias column of ones appended last, so a linear model's weight vector has D = F + 1 entries;
 * labels as integers in {0, 1} (models that want ±1 use s = 2y − 1).
+
+:func:`load_digits` (ten classes, for an MLP) instead scales pixel intensities to [0, 1], adds no
+bias column and splits stratified by class.
 
 Nothing is downloaded: the data ship inside scikit-learn (an optional dependency,
 ``natgrad[demo]``).
@@ -22,16 +26,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ClassificationData:
-    """A standardized train/test split for binary classification.
+    """A train/test split for classification with K classes.
 
     Attributes:
       name: the data set's name, used in messages and reports.
-      x_train: ``(N_train, D)`` standardized features with a bias column last.
-      y_train: ``(N_train,)`` integer labels in {0, 1}.
-      x_test: ``(N_test, D)`` test features, standardized with the training statistics.
-      y_test: ``(N_test,)`` integer labels in {0, 1}.
-      feature_names: the D column names, ``"bias"`` last.
-      target_names: the names of label 0 and label 1.
+      x_train: ``(N_train, D)`` features: from :func:`prepare_classification` standardized with
+        a bias column last; from :func:`load_digits` pixel intensities in [0, 1].
+      y_train: ``(N_train,)`` integer labels in {0, ..., K − 1} (K = 2 for
+        :func:`prepare_classification`).
+      x_test: ``(N_test, D)`` test features, prepared with the training statistics.
+      y_test: ``(N_test,)`` integer labels in {0, ..., K − 1}.
+      feature_names: the D column names (``"bias"`` last when there is one).
+      target_names: the names of labels 0, ..., K − 1.
     """
 
     name: str
@@ -40,12 +46,17 @@ class ClassificationData:
     x_test: np.ndarray
     y_test: np.ndarray
     feature_names: tuple[str, ...]
-    target_names: tuple[str, str]
+    target_names: tuple[str, ...]
 
     @property
     def num_features(self) -> int:
-        """D, the number of columns including the bias."""
+        """D, the number of columns (including the bias, if any)."""
         return self.x_train.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes."""
+        return len(self.target_names)
 
 
 def prepare_classification(
@@ -182,4 +193,56 @@ def load_breast_cancer(
         dtype=dtype,
         feature_names=[str(n) for n in raw.feature_names],
         target_names=[str(n) for n in raw.target_names],
+    )
+
+
+def load_digits(
+    *, seed: int = 0, test_size: int = 450, dtype: np.dtype | type = np.float32
+) -> ClassificationData:
+    """The UCI handwritten digits: 1797 images of 8×8 pixels, ten classes, inputs in [0, 1].
+
+    Loaded from the copy embedded in scikit-learn (``sklearn.datasets.load_digits``, no network).
+    Pixel intensities 0, ..., 16 are divided by 16 (no standardization, no bias column: the
+    models are MLPs with biases); the split is stratified by class
+    (``sklearn.model_selection.train_test_split`` with ``random_state=seed``), so both parts
+    have the classes in the proportions of the whole (about 180 images each).
+
+    Args:
+      seed: seed of the stratified split.
+      test_size: number of test images (450 leaves 1347 for training).
+      dtype: floating dtype of the inputs.
+
+    Returns:
+      A :class:`ClassificationData` named ``"digits"`` with D = 64 and labels 0, ..., 9.
+
+    Example:
+      >>> data = load_digits(seed=0)
+      >>> data.x_train.shape, data.x_test.shape, data.num_classes
+      ((1347, 64), (450, 64), 10)
+    """
+    try:
+        from sklearn import datasets
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "load_digits needs scikit-learn; install it with `pip install natgrad[demo]`"
+        ) from err
+    raw = datasets.load_digits()
+    features = np.asarray(raw.data, dtype=np.float64)
+    labels = np.asarray(raw.target, dtype=np.int64)
+    if not np.all(np.isfinite(features)):
+        raise ValueError("digits: the features contain NaN or infinite values")
+    if not 0 < test_size < len(labels):
+        raise ValueError(f"digits: test_size must be in (0, {len(labels)}), got {test_size}")
+    x_train, x_test, y_train, y_test = train_test_split(
+        features / 16.0, labels, test_size=test_size, stratify=labels, random_state=seed
+    )
+    return ClassificationData(
+        name="digits",
+        x_train=x_train.astype(dtype),
+        y_train=y_train,
+        x_test=x_test.astype(dtype),
+        y_test=y_test,
+        feature_names=tuple(str(n) for n in raw.feature_names),
+        target_names=tuple(str(n) for n in raw.target_names),
     )

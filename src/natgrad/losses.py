@@ -91,7 +91,11 @@ class NegativeLogLikelihood(abc.ABC):
 
     @abc.abstractmethod
     def sample(self, outputs: Array, *, key: Array, num_samples: int = 1) -> Array:
-        """Targets drawn from the model, y ∼ p(· | f), shape ``(num_samples, *targets.shape)``."""
+        """Targets drawn from the model, y ∼ p(· | f), shape ``(num_samples, *targets.shape)``.
+
+        Categorical losses return integer labels, shape ``(num_samples, *outputs.shape[:-1])``,
+        whichever target form (labels or probabilities) the data uses.
+        """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +153,11 @@ class SoftmaxCrossEntropy(NegativeLogLikelihood):
     def fisher_factor(self, outputs):
         _check_outputs("SoftmaxCrossEntropy", outputs, 2)
         p = jax.nn.softmax(outputs, axis=-1)
-        eye = jnp.eye(outputs.shape[-1], dtype=outputs.dtype)
-        # b_k = √p_k (e_k − p): axis 0 is k.
-        columns = eye[:, None, :] - p[None]
+        num_classes = outputs.shape[-1]
+        eye = jnp.eye(num_classes, dtype=outputs.dtype)
+        # b_k = √p_k (e_k − p): axis 0 is k; e_k broadcasts over the batch and any extra axes.
+        eye = eye.reshape(num_classes, *(1,) * (outputs.ndim - 1), num_classes)
+        columns = eye - p[None]
         return jnp.sqrt(jnp.moveaxis(p, -1, 0))[..., None] * columns
 
     def sample(self, outputs, *, key, num_samples=1):
@@ -237,10 +243,19 @@ class GaussianNLL(NegativeLogLikelihood):
 
     def __post_init__(self):
         _check_reduction(self.reduction)
-        if not (isinstance(self.variance, int | float) and self.variance > 0):
+        try:
+            if isinstance(self.variance, bool | str | bytes):
+                raise TypeError
+            variance = float(self.variance)
+        except (TypeError, ValueError):
             raise ValueError(
-                f"GaussianNLL: variance must be a positive number, got {self.variance}"
+                f"GaussianNLL: variance must be a positive finite number, got {self.variance!r}"
+            ) from None
+        if not (math.isfinite(variance) and variance > 0):
+            raise ValueError(
+                f"GaussianNLL: variance must be a positive finite number, got {self.variance!r}"
             )
+        object.__setattr__(self, "variance", variance)
 
     def _check(self, outputs: Array, targets: Array) -> Array:
         _check_outputs("GaussianNLL", outputs, 1)

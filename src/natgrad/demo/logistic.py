@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad import demo
+from natgrad.quadrature import gauss_hermite
 
 NAME = "logistic"
 
@@ -105,20 +106,6 @@ Example:  natgrad demo --out ./natgrad-out      (10–20 s on two CPU cores, mos
 # --------------------------------------------------------------------------------------------
 # Model.
 # --------------------------------------------------------------------------------------------
-
-
-def gauss_hermite(num_points: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes zᵢ and weights ωᵢ with Σᵢ ωᵢ f(zᵢ) ≈ E[f(z)], z ~ N(0, 1).
-
-    ``hermegauss`` integrates against e^(−z²/2), whose integral is √(2π); the weights are divided
-    by it. Exact for polynomials of degree < 2P.
-    """
-    from numpy.polynomial.hermite_e import hermegauss
-
-    if num_points < 1:
-        raise ValueError(f"`num_points` must be ≥ 1, got {num_points}")
-    nodes, weights = hermegauss(num_points)
-    return nodes.astype(dtype), (weights / np.sqrt(2.0 * np.pi)).astype(dtype)
 
 
 def expected_log_sigmoid(mean, std, nodes, weights):
@@ -233,7 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=Path("natgrad-out"),
-        help="output folder for demo-logistic.json and demo-logistic.png (default: ./natgrad-out)",
+        help="output folder for the demo's JSON and PNG files (default: ./natgrad-out)",
     )
     parser.add_argument(
         "--iterations-ng",

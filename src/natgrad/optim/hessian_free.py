@@ -163,10 +163,12 @@ def hessian_free(
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free natural-gradient descent (Martens 2010) as an optax transformation.
 
-    ``update(grads, state, params, *, batch, key=None)`` returns the update δ (see the module
-    docstring for the algorithm) and the new :class:`HessianFreeState`; apply it with
-    :func:`optax.apply_updates`. ``batch = (inputs, targets)`` is the step's batch; ``key``
-    (a PRNG key) is required for ``curvature="fisher_mc"`` and ignored otherwise.
+    ``update(grads, state, params, *, batch, key=None, value=None)`` returns the update δ (see
+    the module docstring for the algorithm) and the new :class:`HessianFreeState`; apply it
+    with :func:`optax.apply_updates`. ``batch = (inputs, targets)`` is the step's batch; ``key``
+    (a PRNG key) is required for ``curvature="fisher_mc"`` and ignored otherwise; ``value``,
+    optional, is L(θ) on the batch as ``jax.value_and_grad`` returns it with ``grads`` (given,
+    it saves the forward pass that computes L(θ) when ``curvature_batch_size`` is set).
 
     Args:
       apply: ``apply(params, inputs) -> outputs`` (B, ...).
@@ -246,7 +248,7 @@ def hessian_free(
             num_rejected=jnp.zeros([], jnp.int32),
         )
 
-    def update_fn(updates, state, params=None, *, batch, key=None):
+    def update_fn(updates, state, params=None, *, batch, key=None, value=None):
         if params is None:
             raise ValueError("hessian_free needs `params` in update(grads, state, params)")
         if curvature == "fisher_mc" and key is None:
@@ -264,7 +266,12 @@ def hessian_free(
         def batch_loss(p):
             return loss(apply(p, inputs), targets).astype(dtype)
 
-        value = op.value.astype(dtype) if curvature_batch_size is None else batch_loss(params)
+        if value is not None:
+            value = jnp.asarray(value).astype(dtype)
+        elif curvature_batch_size is None:
+            value = op.value.astype(dtype)
+        else:
+            value = batch_loss(params)
         lam = state.damping
         solution = conjugate_gradient(
             op.mv,
