@@ -198,6 +198,29 @@ def test_gamma_one_on_natural_lands_on_the_exact_posterior():
     assert float(state.last_scale) == 1.0
 
 
+@pytest.mark.parametrize("name", ["mean_cholesky", "mean_covariance", "expectation"])
+def test_stepping_in_natural_coordinates_lands_on_the_posterior_from_any_storage(name):
+    """step_parameterization="natural": convert, step θ, convert back. With γ = 1 one step is
+    the exact posterior whatever ξ stores q; the storage's own step (default) is not."""
+    params, _, _ = random_params(np.random.default_rng(2), name, D, cond=10.0)
+    loss = elbo_loss(name)
+    grads = jax.grad(loss)(params)
+    p = natgrad.resolve(name)
+    tx = natgrad.natural_vi(1.0, name, step_parameterization="natural")
+    updates, state = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    mean, cov = p.mean_covariance(new)
+    exact_mean, exact_cov, _ = exact_posterior(NOISE_VAR)
+    # Rounding through the conversions ξ → θ → ξ at cond(S) ≤ 10: ~1e-13; 1e-9 leaves room.
+    np.testing.assert_allclose(mean, exact_mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(cov, exact_cov, rtol=1e-9, atol=1e-12)
+    assert int(state.num_skipped) == 0
+    own = natgrad.natural_vi(1.0, name)
+    own_new = optax.apply_updates(params, own.update(grads, own.init(params), params)[0])
+    _, own_cov = p.mean_covariance(own_new)
+    assert not np.allclose(own_cov, exact_cov, rtol=1e-3)
+
+
 # --------------------------------------------------------------------------------------------
 # The hybrid: natural gradients on q, Adam on a hyperparameter (the reference example)
 # --------------------------------------------------------------------------------------------

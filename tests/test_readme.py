@@ -34,6 +34,11 @@ def test_quickstart_runs_and_converges(capsys):
     # The neural-network block: 50 Hessian-free steps on 256 points fit the quadrant labels,
     # and the dense Fisher agrees with its products (float64 rounding).
     assert float(namespace["net_accuracy"]) > 0.95
+    # The GP block: 200 hybrid steps fit sin(x) well (noise sd 0.2; RMSE against the truth).
+    gp_mean = np.asarray(namespace["gp_mean"])[:, 0]
+    truth = np.sin(np.asarray(namespace["gp_x"])[:, 0])
+    assert np.sqrt(np.mean((gp_mean - truth) ** 2)) < 0.1
+    assert namespace["gp_result"].num_rejected == 0
     fisher, matrix = namespace["fisher"], np.asarray(namespace["fisher_matrix"])
     assert matrix.shape == (2 * 16 + 16 + 16 * 2 + 2,) * 2
     flat, unravel = ravel_pytree(fisher.params)

@@ -3,7 +3,7 @@
 Fisher-preconditioned steps without forming or inverting a Fisher matrix.
 """
 
-from natgrad import curvature, linalg, losses, optim, solvers
+from natgrad import curvature, gp, linalg, losses, optim, solvers
 from natgrad.expfam import diagonal, gaussian, generic
 from natgrad.expfam.base import (
     Parameterization,
@@ -27,6 +27,7 @@ __all__ = [
     "diagonal",
     "gaussian",
     "generic",
+    "gp",
     "hessian_free",
     "increasing_rate",
     "linalg",

@@ -262,8 +262,17 @@ class GaussianParameterization(Parameterization):
     family_name: str = "multivariate Gaussian"
 
     # -- helpers -----------------------------------------------------------------------------
-    def _split(self, params, argname="params"):
+    def _raw_split(self, params, argname="params"):
         return split_pair(params, argname=argname, family=self.family_name, names=self.names)
+
+    def _split(self, params, argname="params"):
+        vec, mat, rebuild = self._raw_split(params, argname)
+        if self.matrix_kind == "cholesky" and argname == "params":
+            # Only the lower triangle is a parameter: reading it through tril makes the upper
+            # triangle's gradient exactly zero, so first-order optimizers (Adam on all of q)
+            # cannot fill it in and break log det = 2 Σ log diag.
+            mat = jnp.tril(mat)
+        return vec, mat, rebuild
 
     def _scale(self, params):
         """(m, A, lower) with AAᵀ = S and A triangular."""
@@ -303,7 +312,7 @@ class GaussianParameterization(Parameterization):
 
     def check(self, params, *, argname="params"):
         super().check(params, argname=argname)
-        _, mat, _ = self._split(params, argname)
+        _, mat, _ = self._raw_split(params, argname)
         if is_traced(params):
             return
         mat = jnp.asarray(mat)

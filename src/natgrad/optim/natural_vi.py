@@ -72,6 +72,7 @@ def natural_vi(
     *,
     max_shrinks: int = 10,
     mode: Literal["forward", "reverse"] = "forward",
+    step_parameterization: str | Parameterization | None = None,
 ) -> optax.GradientTransformation:
     """Turn gradients of a distribution's parameters into safeguarded natural-gradient steps.
 
@@ -85,12 +86,22 @@ def natural_vi(
       parameterization: the distribution's parameterization, a name or object.
       max_shrinks: K, the most halvings tried before the step is skipped.
       mode: how :func:`natgrad.natural_gradient` computes its JVP.
+      step_parameterization: the coordinates ξ' the step is taken in, when they differ from
+        the parameters' own (None): the parameters are converted to ξ', stepped there
+        (ξ'_{t+1} = ξ'_t − γ_t·2⁻ᵏ·F_ξ'⁻¹∇_ξ'L, the safeguard checking ξ') and converted back.
+        ``"natural"`` is Salimbeni et al.'s recommended choice: there the step is
+        θ_{t+1} = θ_t − γ ∂L/∂η, and γ = 1 jumps to the optimum of a conjugate model
+        (as GPflow's ``NaturalGradient`` does by default) whatever the parameters' own
+        parameterization.
 
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`NaturalVIState`.
       ``params`` is required by ``update``.
     """
     p = resolve(parameterization)
+    step_p = None if step_parameterization is None else resolve(step_parameterization)
+    if step_p is not None and step_p == p:
+        step_p = None
     if max_shrinks < 0:
         raise ValueError(f"`max_shrinks` must be ≥ 0, got {max_shrinks}")
     if mode not in ("forward", "reverse"):
@@ -124,8 +135,18 @@ def natural_vi(
         dist = _as_distribution(param_leaves)
         grads = _as_distribution(grad_leaves)
         p.check_structure(dist, argname="params")
+        work_p, storage_leaves = p, param_leaves
+        if step_p is not None:
+
+            def to_storage(xi):
+                return p.from_natural(step_p.to_natural(xi))
+
+            dist = step_p.from_natural(p.to_natural(dist))
+            _, pullback = jax.vjp(to_storage, dist)
+            (grads,) = pullback(p.project_gradient(_as_distribution(param_leaves), grads))
+            work_p, param_leaves = step_p, jax.tree.leaves(dist)
         direction = natural_gradient(
-            params=dist, grads=grads, parameterization=p, mode=mode, check=False
+            params=dist, grads=grads, parameterization=work_p, mode=mode, check=False
         )
         direction_leaves = jax.tree.leaves(direction)
         dtype = param_leaves[0].dtype
@@ -138,7 +159,7 @@ def natural_vi(
             ]
 
         def valid(scale):
-            return p.is_valid(_as_distribution(candidate(scale)))
+            return work_p.is_valid(_as_distribution(candidate(scale)))
 
         scale0 = jnp.ones_like(state.last_scale)
 
@@ -160,6 +181,14 @@ def natural_vi(
             for x, n in zip(param_leaves, new_leaves, strict=True)
         ]
         halvings = jnp.where(ok, -jnp.log2(jnp.where(ok, scale, 1.0)), 0.0)
+        if step_p is not None:
+            # Back to the parameters' own coordinates; a skipped element's update is exactly 0.
+            new_leaves = jax.tree.leaves(to_storage(_as_distribution(new_leaves)))
+            new_leaves = [
+                jnp.where(_broadcast_scale(ok, x).astype(bool), n, x)
+                for x, n in zip(storage_leaves, new_leaves, strict=True)
+            ]
+            param_leaves = storage_leaves
         new_updates = [n - x for x, n in zip(param_leaves, new_leaves, strict=True)]
         new_state = NaturalVIState(
             count=optax.safe_int32_increment(state.count),
