@@ -136,18 +136,30 @@ def natural_vi(
         grads = _as_distribution(grad_leaves)
         p.check_structure(dist, argname="params")
         work_p, storage_leaves = p, param_leaves
-        if step_p is not None:
+        if step_p is None:
+            direction = natural_gradient(
+                params=dist, grads=grads, parameterization=p, mode=mode, check=False
+            )
+        elif step_p.name == "natural":
+            # In natural coordinates F_θ⁻¹∇_θL = ∂L/∂η, one pull-back of ∇_ξL through ξ(η).
+            to_storage = p.from_natural
+            grads = p.project_gradient(dist, grads)
+            direction = p.project_natural_tangent(p.from_expectation_vjp(dist, grads))
+            dist = p.to_natural(dist)
+            work_p, param_leaves = step_p, jax.tree.leaves(dist)
+        else:
 
             def to_storage(xi):
                 return p.from_natural(step_p.to_natural(xi))
 
-            dist = step_p.from_natural(p.to_natural(dist))
+            stored = dist
+            dist = step_p.from_natural(p.to_natural(stored))
             _, pullback = jax.vjp(to_storage, dist)
-            (grads,) = pullback(p.project_gradient(_as_distribution(param_leaves), grads))
+            (grads,) = pullback(p.project_gradient(stored, grads))
+            direction = natural_gradient(
+                params=dist, grads=grads, parameterization=step_p, mode=mode, check=False
+            )
             work_p, param_leaves = step_p, jax.tree.leaves(dist)
-        direction = natural_gradient(
-            params=dist, grads=grads, parameterization=work_p, mode=mode, check=False
-        )
         direction_leaves = jax.tree.leaves(direction)
         dtype = param_leaves[0].dtype
         gamma = jnp.asarray(schedule(state.count), dtype)
