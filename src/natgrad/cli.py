@@ -7,35 +7,44 @@ import sys
 
 
 def _add_demo(subparsers) -> None:
-    from natgrad.demo import digits, logistic
+    from natgrad.demo import digits, gp_classifier, logistic
 
     parser = subparsers.add_parser(
         "demo",
         help="Bayesian logistic regression on breast cancer (natural-gradient VI against Adam), "
-        "then an MLP on digits (Hessian-free natural gradients against SGD and Adam).",
-        description=logistic.DESCRIPTION + "\n" + digits.DESCRIPTION,
+        "an MLP on digits (Hessian-free natural gradients against SGD and Adam), then a sparse "
+        "GP classifier on breast cancer (natural gradients + Adam against Adam).",
+        description=logistic.DESCRIPTION
+        + "\n"
+        + digits.DESCRIPTION
+        + "\n"
+        + gp_classifier.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     logistic.add_arguments(parser)
     digits.add_arguments(parser)
+    gp_classifier.add_arguments(parser)
     parser.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    """``natgrad demo``: the logistic part, then the digits part (``--only`` picks one)."""
-    from natgrad.demo import digits, logistic
+    """``natgrad demo``: the logistic, digits and GP parts in turn (``--only`` picks one)."""
+    from natgrad.demo import digits, gp_classifier, logistic
 
     status = 0
-    if args.only != "digits":
+    if args.only in (None, "logistic"):
         status = int(logistic.run(args) or 0)
-    if args.only != "logistic":
+    if args.only in (None, "digits"):
         status = max(status, int(digits.run(args) or 0))
+    if args.only in (None, "gp"):
+        status = max(status, int(gp_classifier.run(args) or 0))
     return status
 
 
 def _add_bench(subparsers) -> None:
     from natgrad.bench import mnist_mlp as bench_mnist_mlp
     from natgrad.bench import natural_gradient as bench_natural_gradient
+    from natgrad.bench import svgp as bench_svgp
 
     bench = subparsers.add_parser("bench", help="Benchmarks that write JSON results.")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -55,6 +64,14 @@ def _add_bench(subparsers) -> None:
     )
     bench_mnist_mlp.add_arguments(parser)
     parser.set_defaults(run=bench_mnist_mlp.run)
+    parser = benches.add_parser(
+        "svgp",
+        help="Sparse variational GPs: natural gradients + Adam against Adam; ELBO against time.",
+        description=bench_svgp.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_svgp.add_arguments(parser)
+    parser.set_defaults(run=bench_svgp.run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,7 +50,7 @@ accuracy, curvature-vector products per step and the cost of one product over on
                       trace (every {DEFAULTS["eval_every"]} steps);
   demo-digits.png     test accuracy against epoch and against training seconds.
 
---only logistic or --only digits runs one part (default: both).
+--only logistic, --only digits or --only gp runs one part (default: all three).
 """
 
 
@@ -79,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("logistic", "digits"),
+        choices=("logistic", "digits", "gp"),
         default=None,
-        help="run only one part of the demo (default: both)",
+        help="run only one part of the demo (default: all three)",
     )
 
 

@@ -175,16 +175,25 @@ def natural_vi(
 
         scale0 = jnp.ones_like(state.last_scale)
 
-        def cond(carry):
-            k, _, ok = carry
-            return (k < max_shrinks) & ~jnp.all(ok)
+        ok0 = valid(scale0)
 
-        def body(carry):
-            k, scale, ok = carry
-            scale = jnp.where(ok, scale, 0.5 * scale)
-            return k + 1, scale, valid(scale)
+        def shrink():
+            # Every halving 2⁻ᵏ, k = 1..K, checked at once (no while_loop: XLA:CPU 0.10 can
+            # deadlock on batched LAPACK calls inside a while_loop inside a scan); each element
+            # takes its first valid one.
+            halvings = jnp.arange(1, max_shrinks + 1, dtype=scale0.dtype)
+            tries = jnp.exp2(-halvings).reshape((-1,) + (1,) * scale0.ndim) * scale0
+            ok_k = jax.vmap(valid)(tries)  # (K, *batch)
+            first = jnp.argmax(ok_k, axis=0)
+            shrunk = jnp.take_along_axis(tries, first[None], axis=0)[0]
+            ok = ok0 | jnp.any(ok_k, axis=0)
+            return jnp.where(ok0, scale0, shrunk), ok
 
-        _, scale, ok = jax.lax.while_loop(cond, body, (jnp.int32(0), scale0, valid(scale0)))
+        if max_shrinks == 0:
+            scale, ok = scale0, ok0
+        else:
+            # The usual step is valid as it is; the K checks run only when one is not.
+            scale, ok = jax.lax.cond(jnp.all(ok0), lambda: (scale0, ok0), shrink)
         scale = jnp.where(ok, scale, jnp.zeros_like(scale))
         new_leaves = candidate(scale)
         # A skipped element has scale 0 but its direction may be NaN; keep its old value.
