@@ -119,19 +119,3 @@ def test_errors_name_the_problem(tmp_path):
     np.savez(bad, x_train=np.zeros((3, 28, 28)))
     with pytest.raises(SystemExit, match="lacks"):
         main(["bench", "svgp", "--datasets", "mnist", "--mnist", str(bad), "--out", str(tmp_path)])
-
-
-def test_matmul_kernel_matches_the_library_kernel():
-    import jax.numpy as jnp
-
-    from natgrad.bench.common import jax_x64
-    from natgrad.gp import kernels
-
-    with jax_x64(True):
-        rng = np.random.default_rng(0)
-        x1, x2 = jnp.asarray(rng.normal(size=(7, 3))), jnp.asarray(rng.normal(size=(5, 3)))
-        lib = kernels.SquaredExponential(lengthscale=(0.5, 1.0, 2.0), variance=1.5)
-        fast = svgp.kernel_class("matmul")(lengthscale=(0.5, 1.0, 2.0), variance=1.5)
-        params = lib.init(3)
-        np.testing.assert_allclose(fast(params, x1, x2), lib(params, x1, x2), rtol=1e-12)
-        np.testing.assert_allclose(fast.diag(params, x1), lib.diag(params, x1))

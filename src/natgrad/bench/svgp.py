@@ -39,11 +39,6 @@ accuracy are evaluated every ``eval_every`` iterations outside the timed region,
 target there is the best full ELBO minus 1% of its magnitude (1 nat is below the resolution of a
 60000-point ELBO's few checkpoints).
 
-The squared-exponential kernel here is :class:`SquaredExponentialMatmul`, the library's kernel
-with r² = ‖a‖² + ‖b‖² − 2aᵀb (a = x/ℓ) computed by a matrix product; ``--kernel library`` uses
-:class:`natgrad.gp.kernels.SquaredExponential` itself, whose (N, M, D) difference tensor makes
-the gradient ~3× slower at D = 30 and ~17× slower at D = 784 (MNIST would take 0.75 s a step).
-
 Run it as ``natgrad bench svgp [--quick] [--mnist PATH] --out DIR``; it writes
 ``DIR/svgp.json`` and ``DIR/svgp.png``.
 """
@@ -141,46 +136,6 @@ matplotlib, OUT/svgp.png.
 Example:  OPENBLAS_NUM_THREADS=1 natgrad bench svgp --out results/            (~10 min, no MNIST)
           natgrad bench svgp --quick --mnist mnist.npz --out /tmp/svgp       (a few minutes)
 """
-
-
-# --------------------------------------------------------------------------------------------
-# The kernel.
-# --------------------------------------------------------------------------------------------
-
-
-def _matmulkernel_class():
-    import jax.numpy as jnp
-
-    from natgrad.gp import kernels
-
-    @dataclasses.dataclass(frozen=True)
-    class SquaredExponentialMatmul(kernels.SquaredExponential):
-        """:class:`natgrad.gp.kernels.SquaredExponential` with r² by a matrix product.
-
-        r²_{nm} = ‖a_n‖² + ‖b_m‖² − 2a_nᵀb_m with a = x1/ℓ, b = x2/ℓ (clipped at 0): same
-        parameters and values to rounding, no (N, M, D) intermediate.
-        """
-
-        def __call__(self, params, x1, x2):
-            x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
-            if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1]:
-                return super().__call__(params, x1, x2)  # the library's error messages
-            lengthscale = kernels.positive(params["lengthscale"])
-            a, b = x1 / lengthscale, x2 / lengthscale
-            r2 = jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :] - 2 * a @ b.T
-            return kernels.positive(params["variance"]) * self._profile(jnp.maximum(r2, 0.0))
-
-    return SquaredExponentialMatmul
-
-
-@functools.cache
-def kernel_class(kind: str):
-    """The squared-exponential kernel class: ``"matmul"`` (this module's) or ``"library"``."""
-    from natgrad.gp import kernels
-
-    if kind == "library":
-        return kernels.SquaredExponential
-    return _matmulkernel_class()
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +276,7 @@ def _sgpr_optimum(model, params, x, y, iterations: int) -> float:
 def _regression_1d(config: dict, rng: np.random.Generator) -> Problem:
     import jax.numpy as jnp
 
-    from natgrad.gp import SVGP, likelihoods
+    from natgrad.gp import SVGP, kernels, likelihoods
 
     n, n_test, m, noise = 2000, 500, 50, 0.1
 
@@ -333,7 +288,7 @@ def _regression_1d(config: dict, rng: np.random.Generator) -> Problem:
     y = f(x[:, 0]) + np.sqrt(noise) * rng.standard_normal(n)
     y_test = f(x_test[:, 0]) + np.sqrt(noise) * rng.standard_normal(n_test)
     z = np.linspace(-3, 3, m)[:, None]
-    kernel = kernel_class(config["kernel"])(lengthscale=0.5, variance=1.0)
+    kernel = kernels.SquaredExponential(lengthscale=0.5, variance=1.0)
     model = SVGP(kernel, likelihoods.Gaussian(variance=noise))
     params = model.init(jnp.asarray(z))
     x, y, x_test, y_test = (jnp.asarray(a) for a in (x, y, x_test, y_test))
@@ -379,7 +334,7 @@ def _diabetes(config: dict, rng: np.random.Generator) -> Problem:
     import jax.numpy as jnp
     from sklearn import datasets
 
-    from natgrad.gp import SVGP, default_natural_learning_rate, likelihoods
+    from natgrad.gp import SVGP, default_natural_learning_rate, kernels, likelihoods
 
     raw = datasets.load_diabetes()
     n_all = raw.data.shape[0]
@@ -392,7 +347,7 @@ def _diabetes(config: dict, rng: np.random.Generator) -> Problem:
     m = 50
     z = x[rng.choice(len(train), m, replace=False)]
     dim = x.shape[1]
-    kernel = kernel_class(config["kernel"])(lengthscale=math.sqrt(dim), variance=1.0)
+    kernel = kernels.SquaredExponential(lengthscale=math.sqrt(dim), variance=1.0)
     model = SVGP(kernel, likelihoods.Gaussian(variance=0.5))
     params = model.init(jnp.asarray(z))
     x, y, x_test, y_test = (jnp.asarray(a) for a in (x, y, x_test, y_test))
@@ -438,14 +393,14 @@ def _breast_cancer(config: dict, rng: np.random.Generator) -> Problem:
     import jax.numpy as jnp
 
     from natgrad.data import load_breast_cancer
-    from natgrad.gp import SVGP, likelihoods
+    from natgrad.gp import SVGP, kernels, likelihoods
 
     data = load_breast_cancer(seed=config["seed"])
     x, x_test = data.x_train[:, :-1], data.x_test[:, :-1]  # the bias column is no GP input
     m = min(100, x.shape[0])
     z = x[rng.choice(x.shape[0], m, replace=False)]
     dim = x.shape[1]
-    kernel = kernel_class(config["kernel"])(lengthscale=math.sqrt(dim), variance=1.0)
+    kernel = kernels.SquaredExponential(lengthscale=math.sqrt(dim), variance=1.0)
     model = SVGP(kernel, likelihoods.Bernoulli("probit"))
     params = model.init(jnp.asarray(z))
     y = jnp.asarray(data.y_train, jnp.float64)
@@ -489,7 +444,7 @@ def _breast_cancer(config: dict, rng: np.random.Generator) -> Problem:
 def _student_t(config: dict, rng: np.random.Generator) -> Problem:
     import jax.numpy as jnp
 
-    from natgrad.gp import SVGP, likelihoods
+    from natgrad.gp import SVGP, kernels, likelihoods
 
     n, n_test, m, noise, fraction = 1000, 500, 30, 0.05, 0.08
 
@@ -503,7 +458,7 @@ def _student_t(config: dict, rng: np.random.Generator) -> Problem:
     x_test = rng.uniform(-3, 3, (n_test, 1))
     y_test = f(x_test[:, 0]) + math.sqrt(noise) * rng.standard_normal(n_test)  # clean
     z = np.linspace(-3, 3, m)[:, None]
-    kernel = kernel_class(config["kernel"])(lengthscale=1.0, variance=1.0)
+    kernel = kernels.SquaredExponential(lengthscale=1.0, variance=1.0)
     model = SVGP(kernel, likelihoods.StudentT(df=3.0, scale=0.5))
     params = model.init(jnp.asarray(z))
     x, y, x_test, y_test = (jnp.asarray(a) for a in (x, y, x_test, y_test))
@@ -579,7 +534,7 @@ def _mnist(config: dict, rng: np.random.Generator, path: Path) -> Problem:
     import jax.numpy as jnp
     from sklearn.cluster import MiniBatchKMeans
 
-    from natgrad.gp import SVGP, likelihoods
+    from natgrad.gp import SVGP, kernels, likelihoods
 
     mc = config["mnist"]
     x, y, x_test, y_test = load_mnist_npz(
@@ -597,7 +552,7 @@ def _mnist(config: dict, rng: np.random.Generator, path: Path) -> Problem:
         n_clusters=m, n_init=3, random_state=config["seed"], batch_size=2048
     ).fit(subset)
     kmeans_seconds = time.perf_counter() - start
-    kernel = kernel_class(config["kernel"])(
+    kernel = kernels.SquaredExponential(
         lengthscale=MNIST["lengthscale"], variance=MNIST["variance"], ard=False
     )
     model = SVGP(kernel, likelihoods.RobustMax(10))
@@ -1111,13 +1066,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mnist-train-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mnist-test-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--kernel",
-        choices=("matmul", "library"),
-        default="matmul",
-        help="squared-exponential distances by a matrix product (default) or the library's "
-        "broadcast kernel natgrad.gp.kernels.SquaredExponential",
-    )
     parser.add_argument("--seed", type=int, default=0, help="data, inducing inputs, batch order")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     parser.add_argument(
@@ -1154,7 +1102,6 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "iterations": iterations,
         "chunk_size": chunk,
         "mode": args.mode,
-        "kernel": args.kernel,
         "dtype": "float64",
         "tolerance_nats": TOLERANCE,
         "adam_learning_rate": ADAM_LR,

@@ -101,14 +101,14 @@ def _problem(config: dict):
 
     from natgrad.bench import svgp
     from natgrad.data import load_breast_cancer
-    from natgrad.gp import SVGP, hybrid, likelihoods
+    from natgrad.gp import SVGP, hybrid, kernels, likelihoods
     from natgrad.schedules import log_linear_warmup
 
     data = load_breast_cancer(seed=config["seed"])
     x, x_test = data.x_train[:, :-1], data.x_test[:, :-1]  # no bias column for a GP
     rng = np.random.default_rng(config["seed"])
     z = x[rng.choice(x.shape[0], config["num_inducing"], replace=False)]
-    kernel = svgp.kernel_class("matmul")(lengthscale=math.sqrt(x.shape[1]), variance=1.0)
+    kernel = kernels.SquaredExponential(lengthscale=math.sqrt(x.shape[1]), variance=1.0)
     model = SVGP(kernel, likelihoods.Bernoulli("probit"))
     params = model.init(jnp.asarray(z))
     x_test_j, y_test = jnp.asarray(x_test), np.asarray(data.y_test)
