@@ -3,7 +3,7 @@
 Fisher-preconditioned steps without forming or inverting a Fisher matrix.
 """
 
-from natgrad import curvature, gp, linalg, losses, optim, solvers
+from natgrad import curvature, gp, linalg, losses, optim, parallel, solvers
 from natgrad.expfam import diagonal, gaussian, generic
 from natgrad.expfam.base import (
     Parameterization,
@@ -12,13 +12,21 @@ from natgrad.expfam.base import (
     resolve,
 )
 from natgrad.natural_gradient import natural_gradient
-from natgrad.optim import HessianFreeState, NaturalVIState, hessian_free, natural_vi
+from natgrad.optim import (
+    HessianFreeState,
+    KfacState,
+    NaturalVIState,
+    hessian_free,
+    kfac,
+    natural_vi,
+)
 from natgrad.schedules import increasing_rate, log_linear_warmup
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HessianFreeState",
+    "KfacState",
     "NaturalVIState",
     "Parameterization",
     "__version__",
@@ -30,12 +38,14 @@ __all__ = [
     "gp",
     "hessian_free",
     "increasing_rate",
+    "kfac",
     "linalg",
     "log_linear_warmup",
     "losses",
     "natural_gradient",
     "natural_vi",
     "optim",
+    "parallel",
     "register",
     "resolve",
     "solvers",
