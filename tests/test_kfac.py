@@ -236,6 +236,20 @@ def test_conv_rows_times_kernel_is_the_convolution():
     )
     from_rows = layer.input_rows(a) @ layer.weight_matrix(params[0]["w"])
     np.testing.assert_allclose(from_rows, layer.output_rows(direct), rtol=1e-12, atol=1e-13)
+    # The patches themselves, independently: ∂s[b, i, j, o]/∂W[:, :, :, o] is the patch under
+    # output position (b, i, j), whatever o; flatten it in the weight matrix's (in, kh, kw) order.
+    jac = jax.jacobian(
+        lambda w: jax.lax.conv_general_dilated(
+            x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )(params[0]["w"])  # (B, H', W', O, kh, kw, I, O)
+    patches = jnp.transpose(jac[:, :, :, 0, :, :, :, 0], (0, 1, 2, 5, 3, 4))
+    patches = patches.reshape(-1, layer.in_features)
+    np.testing.assert_allclose(layer.input_rows(a), patches, rtol=1e-13, atol=1e-14)
+    a_factor = factors.input_factor(layer, a)  # with the bias's homogeneous coordinate
+    ones = jnp.ones((patches.shape[0], 1))
+    expected = jnp.concatenate([patches, ones], 1).T @ jnp.concatenate([patches, ones], 1)
+    np.testing.assert_allclose(a_factor, expected / patches.shape[0], rtol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +426,18 @@ def test_moving_averages_and_inverse_refresh():
     refreshed = [not np.array_equal(inverses[t], inverses[t - 1]) for t in range(1, 8)]
     assert refreshed == [True, True, False, True, True, False, False]
     assert int(state.count) == 8 and int(state.num_failed_inverses) == 0
+    # statistics_every = 2: the factors move at t = 0, 2, … and stay at t = 1, 3
+    sparse = natgrad.kfac(softmax_regression, CE, x, fisher="exact", statistics_every=2)
+    update, state, seen = jax.jit(sparse.update), sparse.init(params), []
+    for t in range(4):
+        xt = x if t == 0 else x2
+        grads = jax.grad(lambda p, xt=xt: CE(softmax_regression(p, xt), y))(params)
+        _, state = update(grads, state, params, batch=(xt, y))
+        seen.append(state.a_factors[0])
+    np.testing.assert_array_equal(seen[0], seen[1])
+    np.testing.assert_allclose(seen[0], a1, rtol=1e-12)
+    assert not np.allclose(seen[1], seen[2])
+    np.testing.assert_array_equal(seen[2], seen[3])
     schedule = [bool(refreshes_inverses(t, 5)) for t in range(12)]
     assert [t for t in range(12) if schedule[t]] == [0, 1, 2, 4, 5, 10]
 

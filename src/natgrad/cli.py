@@ -42,6 +42,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_bench(subparsers) -> None:
+    from natgrad.bench import kfac as bench_kfac
     from natgrad.bench import mnist_mlp as bench_mnist_mlp
     from natgrad.bench import natural_gradient as bench_natural_gradient
     from natgrad.bench import svgp as bench_svgp
@@ -72,6 +73,14 @@ def _add_bench(subparsers) -> None:
     )
     bench_svgp.add_arguments(parser)
     parser.set_defaults(run=bench_svgp.run)
+    parser = benches.add_parser(
+        "kfac",
+        help="K-FAC against kfac-jax, SGD and Adam on an MNIST MLP and CNN.",
+        description=bench_kfac.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_kfac.add_arguments(parser)
+    parser.set_defaults(run=bench_kfac.run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,8 +35,8 @@ GGN on the batch (two forward-mode products per step), Martens & Grosse 2015 §7
 on ρ = [L(θ + δ) − L(θ)] / q(δ): ρ < ¼ ⇒ λ ← λ/ω, ρ > ¾ ⇒ λ ← λω, ω = (19/20)^T₂ (one extra
 forward pass and one product on those steps).
 
-Defaults (α₀ = 0.3, τ = 300, μ = 0.9, λ = 0.3, c = 1e-3, statistics every 5 steps, inverses
-every 50) were chosen on minibatch (B = 128) MNIST MLP training (``natgrad bench kfac``, see
+Defaults (α₀ = 0.3, τ = 300, μ = 0.9, λ = 0.3, c = 1e-3, statistics every 10 steps, inverses
+every 100) were chosen on minibatch (B = 128) MNIST MLP training (``natgrad bench kfac``, see
 benchmarks/README.md); λ is relative to a loss averaged over the batch. With a constant rate the
 test accuracy stalls near the minibatch noise floor, hence the decay; pass
 ``learning_rate_decay_steps=None`` for a constant α.
@@ -137,8 +137,8 @@ def kfac(
     fisher: str = "mc",
     num_samples: int = 1,
     ema_decay: float = 0.95,
-    statistics_every: int = 5,
-    inverse_every: int = 50,
+    statistics_every: int = 10,
+    inverse_every: int = 100,
     norm_constraint: float | None = 1e-3,
     adaptive_step: bool = False,
     adapt_damping: bool = False,
