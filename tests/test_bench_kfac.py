@@ -84,7 +84,8 @@ def test_quick_run_writes_json_rows_and_plot(quick_run):
 
 def test_the_runner_builds_the_same_models():
     """kfac-jax trains exactly natgrad's MLP and CNN (the runner cannot import natgrad)."""
-    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 784))
+    # float32 throughout: other test modules turn on x64 in this process
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 784), np.float32)
     for name, (init, apply) in bench.MODEL_FUNCTIONS.items():
         params = init(jax.random.PRNGKey(1))
         np.testing.assert_allclose(
