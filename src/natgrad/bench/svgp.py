@@ -582,10 +582,10 @@ def _mnist(config: dict, rng: np.random.Generator, path: Path) -> Problem:
         x_test=x_test_j,
         y_test=jnp.asarray(y_test),
         # Natural steps in q's own (mean, Cholesky) coordinates: with 10 latents and M ≥ 50,
-        # steps in natural coordinates deadlock inside lax.scan in XLA:CPU's multi-threaded
-        # Eigen runtime on jaxlib 0.10.2 (every thread waits on a futex; fine with
-        # XLA_FLAGS=--xla_cpu_multi_thread_eigen=false set before JAX starts), so MNIST
-        # avoids them.
+        # steps in natural coordinates deadlock inside lax.scan under XLA:CPU's
+        # concurrency-optimized scheduler on jaxlib 0.10.2 (natgrad.cli now turns it off for
+        # this command), and with it off they train badly on these minibatches (see
+        # benchmarks/README.md), so MNIST avoids them.
         methods=_methods(
             _warmup(MNIST["gamma"]),
             config["mode"],
