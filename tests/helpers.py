@@ -282,3 +282,16 @@ def assert_tree_close(actual, expected, rtol: float, msg: str = "") -> None:
     """Normwise relative comparison of two pytrees of arrays (see :func:`rel_err`)."""
     err = rel_err(actual, expected)
     assert err <= rtol, f"relative error {err:.3e} > {rtol:.1e} {msg}"
+
+
+def fake_mnist(path, *, num_train: int, num_test: int, seed: int = 0):
+    """An npz shaped like MNIST (uint8 28×28 images, 10 classes) of random pixels and labels."""
+    rng = np.random.default_rng(seed)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, num_train).astype(np.uint8),
+        x_test=rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, num_test).astype(np.uint8),
+    )
+    return path

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fake_mnist
 from numpy.testing import assert_allclose
 
 from natgrad.bench import classifier, common
@@ -30,15 +31,7 @@ ROW_KEYS = {
 
 
 def _fake_mnist(path, *, num_train=600, num_test=300, seed=0):
-    rng = np.random.default_rng(seed)
-    np.savez(
-        path,
-        x_train=rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
-        y_train=rng.integers(0, 10, num_train).astype(np.uint8),
-        x_test=rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
-        y_test=rng.integers(0, 10, num_test).astype(np.uint8),
-    )
-    return path
+    return fake_mnist(path, num_train=num_train, num_test=num_test, seed=seed)
 
 
 @pytest.fixture(scope="module")

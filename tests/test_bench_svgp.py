@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import fake_mnist
 
 from natgrad.bench import svgp
 from natgrad.cli import main
@@ -25,15 +26,7 @@ ROW_KEYS = {
 
 
 def _fake_mnist(path, *, num_train=300, num_test=100, seed=0):
-    rng = np.random.default_rng(seed)
-    np.savez(
-        path,
-        x_train=rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
-        y_train=rng.integers(0, 10, num_train).astype(np.uint8),
-        x_test=rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
-        y_test=rng.integers(0, 10, num_test).astype(np.uint8),
-    )
-    return path
+    return fake_mnist(path, num_train=num_train, num_test=num_test, seed=seed)
 
 
 TINY = ["--quick", "--iterations", "20", "--chunk-size", "10", "--no-progress"]

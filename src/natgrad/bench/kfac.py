@@ -566,10 +566,7 @@ def run(args: argparse.Namespace) -> int:
     from natgrad import demo
 
     quick = bool(args.quick)
-    train_size, test_size = args.train_size, args.test_size
-    if quick:
-        train_size = QUICK["train_size"] if train_size is None else train_size
-        test_size = QUICK["test_size"] if test_size is None else test_size
+    train_size, test_size = mnist_mlp.data_sizes(args, QUICK)
     epochs = args.epochs or (QUICK["epochs"] if quick else DEFAULT_EPOCHS)
     models = _subset(args.models, MODELS, "models")
     methods = _subset(args.methods, METHODS, "methods")

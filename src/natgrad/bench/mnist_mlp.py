@@ -123,6 +123,16 @@ def load_mnist(
     return classifier.Split(x_train, y_train, x_test, y_test), path
 
 
+def data_sizes(args: argparse.Namespace, quick: dict) -> tuple[int | None, int | None]:
+    """(train_size, test_size): ``--train-size``/``--test-size``, else ``quick``'s with
+    ``--quick``, else None (all of MNIST)."""
+    train_size, test_size = args.train_size, args.test_size
+    if args.quick:
+        train_size = quick["train_size"] if train_size is None else train_size
+        test_size = quick["test_size"] if test_size is None else test_size
+    return train_size, test_size
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``natgrad bench mnist-mlp``."""
     parser.add_argument(
@@ -228,11 +238,7 @@ def run(args: argparse.Namespace) -> int:
 
     from natgrad import demo
 
-    quick = bool(args.quick)
-    train_size, test_size = args.train_size, args.test_size
-    if quick:
-        train_size = QUICK["train_size"] if train_size is None else train_size
-        test_size = QUICK["test_size"] if test_size is None else test_size
+    train_size, test_size = data_sizes(args, QUICK)
     data, path = load_mnist(args.mnist, train_size=train_size, test_size=test_size)
     config = _config(args, data, path)
     out = Path(args.out)

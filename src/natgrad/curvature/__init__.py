@@ -25,6 +25,7 @@ from natgrad.curvature.operator import (
     CurvatureOperator,
     hutchinson_diagonal,
     rademacher_like,
+    tree_all_finite,
     tree_vdot,
 )
 from natgrad.losses import NegativeLogLikelihood
@@ -71,5 +72,6 @@ __all__ = [
     "linearize_model",
     "make",
     "rademacher_like",
+    "tree_all_finite",
     "tree_vdot",
 ]

@@ -77,6 +77,12 @@ class CurvatureOperator:
         return self._diagonal_estimate(key, num_samples)
 
 
+def tree_all_finite(tree: PyTree) -> jax.Array:
+    """Whether every entry of every leaf is finite: a boolean scalar (True for no leaves)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
     """⟨a, b⟩ = Σ over leaves of Σ a·b (real pytrees)."""
     products = jax.tree.map(lambda x, y: jnp.sum(x * y), a, b)

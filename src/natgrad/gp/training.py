@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from natgrad.curvature.operator import tree_all_finite
 from natgrad.gp.svgp import SVGP, CholeskyError
 from natgrad.optim.natural_vi import natural_vi
 from natgrad.schedules import log_linear_warmup
@@ -63,11 +64,6 @@ def _split(params: dict) -> tuple[PyTree, dict]:
             f"{NATURAL_KEY!r} (as SVGP.init returns); got {type(params).__name__}"
         )
     return params[NATURAL_KEY], {k: v for k, v in params.items() if k != NATURAL_KEY}
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def hybrid(
@@ -124,7 +120,7 @@ def hybrid(
             raise ValueError("hybrid needs `params` in update(grads, state, params)")
         if natural is None:
             new_updates, other_state = other.update(updates, state.other, params)
-            ok = _all_finite(updates)
+            ok = tree_all_finite(updates)
             new_state = HybridState(None, other_state, state.num_rejected)
         else:
             q, rest = _split(params)
@@ -140,9 +136,9 @@ def hybrid(
                 grads_rest = jax.grad(lambda r: value_fn({**r, NATURAL_KEY: new_q}))(rest)
             rest_updates, other_state = other.update(grads_rest, state.other, rest)
             new_updates = {**rest_updates, NATURAL_KEY: q_updates}
-            ok = _all_finite(updates) & _all_finite(grads_rest)
+            ok = tree_all_finite(updates) & tree_all_finite(grads_rest)
             new_state = HybridState(natural_state, other_state, state.num_rejected)
-        ok = ok & _all_finite(new_updates)
+        ok = ok & tree_all_finite(new_updates)
         new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
         # A rejected step keeps the previous state (so Adam's moments see no NaN either).
         new_state = jax.tree.map(

@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import optax
 
 from natgrad import curvature as curvature_lib
-from natgrad.curvature.operator import tree_vdot
+from natgrad.curvature.operator import tree_all_finite, tree_vdot
 from natgrad.losses import NegativeLogLikelihood
+from natgrad.optim.options import check_loss_damping_momentum
 from natgrad.solvers import conjugate_gradient
 
 PyTree = Any
@@ -87,10 +88,6 @@ def _axpy(a, x: PyTree, y: PyTree) -> PyTree:
 
 def _scale(a, x: PyTree) -> PyTree:
     return jax.tree.map(lambda xi: (a * xi).astype(xi.dtype), x)
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _take(tree: PyTree, i) -> PyTree:
@@ -207,14 +204,7 @@ def hessian_free(
         raise ValueError(
             f"unknown curvature {curvature!r}: expected one of {curvature_lib.CURVATURES}"
         )
-    if not isinstance(loss, NegativeLogLikelihood):
-        raise TypeError(f"loss must be a natgrad.losses.NegativeLogLikelihood, got {type(loss)}")
-    if not damping > 0:
-        raise ValueError(f"damping must be positive, got {damping}")
-    if not 0 < min_damping <= max_damping:
-        raise ValueError(f"need 0 < min_damping ≤ max_damping, got {min_damping}, {max_damping}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    check_loss_damping_momentum(loss, damping, min_damping, max_damping, momentum)
     if not 0 <= warm_start_decay <= 1:
         raise ValueError(f"warm_start_decay must be in [0, 1], got {warm_start_decay}")
     if not 0 < line_search_shrink < 1:
@@ -320,7 +310,9 @@ def hessian_free(
         else:
             alpha = alpha0
             accepted = jnp.isfinite(new_value)
-        accepted = accepted & jnp.isfinite(value) & _all_finite(grads) & _all_finite(direction)
+        accepted = (
+            accepted & jnp.isfinite(value) & tree_all_finite(grads) & tree_all_finite(direction)
+        )
         accepted = accepted & (g_dot_p < 0)
 
         predicted = alpha * g_dot_p + 0.5 * alpha**2 * p_curv_p

@@ -60,10 +60,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from natgrad.curvature.operator import tree_vdot
+from natgrad.curvature.operator import tree_all_finite, tree_vdot
 from natgrad.kronecker import factors
 from natgrad.kronecker.graph import ModelGraph, find_layers
 from natgrad.losses import NegativeLogLikelihood
+from natgrad.optim.options import check_loss_damping_momentum
 
 PyTree = Any
 
@@ -110,11 +111,6 @@ def _signature(graph: ModelGraph) -> tuple:
 
 def _factor_sizes(graph: ModelGraph) -> list[tuple[int, int]]:
     return [(l.in_features + l.has_bias, l.out_features) for l in graph.layers]
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def refreshes_inverses(count: jax.Array | int, inverse_every: int) -> jax.Array:
@@ -191,14 +187,7 @@ def kfac(
         raise ValueError(
             f"unknown fisher estimator {fisher!r}: expected one of {FISHER_ESTIMATORS}"
         )
-    if not isinstance(loss, NegativeLogLikelihood):
-        raise TypeError(f"loss must be a natgrad.losses.NegativeLogLikelihood, got {type(loss)}")
-    if not damping > 0:
-        raise ValueError(f"damping must be positive, got {damping}")
-    if not 0 < min_damping <= max_damping:
-        raise ValueError(f"need 0 < min_damping ≤ max_damping, got {min_damping}, {max_damping}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    check_loss_damping_momentum(loss, damping, min_damping, max_damping, momentum)
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     for name, value in (
@@ -419,7 +408,7 @@ def kfac(
         new_updates = jax.tree.map(
             lambda d, v: (scale * d + mu * v).astype(d.dtype), direction, state.velocity
         )
-        accepted = _all_finite(new_updates)
+        accepted = tree_all_finite(new_updates)
         new_updates = jax.tree.map(lambda u: jnp.where(accepted, u, jnp.zeros_like(u)), new_updates)
 
         # 5. Levenberg–Marquardt damping.
