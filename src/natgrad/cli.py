@@ -3,25 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-#: XLA:CPU (jaxlib 0.10) deadlocks on some scanned natural-coordinate SVGP steps (10 latents,
-#: M ≥ 50: every thread waits on a futex) under its concurrency-optimized thunk scheduler; the
-#: default scheduler runs them. Read when the backend starts, so it is set before any JAX work.
-XLA_CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-
-
-def avoid_xla_cpu_scheduler_deadlock(environ=os.environ) -> bool:
-    """Add :data:`XLA_CPU_SCHEDULER_FLAG` to ``XLA_FLAGS`` unless the user set that option.
-
-    Returns whether it was added. Takes effect only if the JAX backend has not started yet.
-    """
-    flags = environ.get("XLA_FLAGS", "")
-    if "xla_cpu_enable_concurrency_optimized_scheduler" in flags:
-        return False
-    environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_SCHEDULER_FLAG}".strip()
-    return True
 
 
 def _add_demo(subparsers) -> None:
@@ -114,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo" or getattr(args, "benchmark", None) == "svgp":
-        # The GP parts train SVGPs with natural-coordinate steps inside lax.scan.
-        avoid_xla_cpu_scheduler_deadlock()
     return int(args.run(args) or 0)
 
 

@@ -3,9 +3,22 @@
 Every function accepts arbitrary leading batch axes ``(..., D, D)`` and never forms an explicit
 inverse with ``jnp.linalg.inv``: inverses of SPD matrices go through a Cholesky factor and
 triangular solves.
+
+Batched Cholesky factorizations and triangular solves with enough work loop over the batch
+(:func:`jax.lax.map`) and call LAPACK once per matrix. jaxlib ≥ 0.10's CPU LAPACK kernels split
+a batch whose work exceeds ~2e5 flops over XLA's intra-op thread pool and block their worker
+until the pieces finish; when as many such kernels run concurrently as the pool has threads
+(two on a two-core machine: XLA:CPU runs independent operations of a program in parallel),
+every worker waits and the program deadlocks. One matrix per call, or a batch below that work,
+is done in place, so these helpers cannot deadlock (``tests/test_lapack_one_matrix_per_call.py``
+has the reproducer). Batches under :data:`LOOP_ABOVE_FLOPS` (an estimate 4× below jaxlib's
+threshold) keep the single batched call. Derivatives are taken through the loop, so they are
+unbatched too; under a user's :func:`jax.vmap` the loop body is batched again.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +50,29 @@ def mv(a: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.matmul(a, x[..., None])[..., 0]
 
 
+#: Batched LAPACK work (flops, estimated) from which :func:`cholesky` and :func:`solve_triangular`
+#: call LAPACK one matrix at a time.
+LOOP_ABOVE_FLOPS = 5e4
+
+
+def _one_matrix_at_a_time(fn, flops_per_matrix: float, *arrays: jax.Array) -> jax.Array:
+    """fn over the common leading batch axes of ``arrays`` (each ``(..., R, C)``), one matrix per
+    call when the batch's work reaches :data:`LOOP_ABOVE_FLOPS` (see the module docstring)."""
+    batch = arrays[0].shape[:-2]
+    count = math.prod(batch)
+    if len(batch) == 0 or count * flops_per_matrix < LOOP_ABOVE_FLOPS:
+        return fn(*arrays)
+    flat = [a.reshape((-1,) + a.shape[-2:]) for a in arrays]
+    if flat[0].shape[0] == 1:
+        out = fn(*(a[0] for a in flat))[None]
+    else:
+        out = lax.map(lambda xs: fn(*xs), tuple(flat))
+    return out.reshape(batch + out.shape[-2:])
+
+
 def cholesky(a: jax.Array) -> jax.Array:
     """Lower Cholesky factor L of an SPD matrix, A = LLᵀ (NaN where A is not SPD)."""
-    return jnp.linalg.cholesky(a)
+    return _one_matrix_at_a_time(jnp.linalg.cholesky, a.shape[-1] ** 3, a)
 
 
 def _broadcast_batch(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,7 +88,13 @@ def solve_triangular(
 ) -> jax.Array:
     """Solve T X = B (or Tᵀ X = B) for triangular T: ``(..., D, D), (..., D, K) -> (..., D, K)``."""
     t, b = _broadcast_batch(t, b)
-    return lax.linalg.triangular_solve(t, b, left_side=True, lower=lower, transpose_a=transpose_t)
+
+    def solve(t, b):
+        return lax.linalg.triangular_solve(
+            t, b, left_side=True, lower=lower, transpose_a=transpose_t
+        )
+
+    return _one_matrix_at_a_time(solve, t.shape[-1] ** 2 * b.shape[-1], t, b)
 
 
 def solve_triangular_vec(
