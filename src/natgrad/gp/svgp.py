@@ -253,8 +253,8 @@ class SVGP:
     def predict_class_probabilities(self, params: dict, x: Array) -> Array:
         """p(y = k | x) = ∫ p(y = k | f) q(f) df, shape ``(N, C)``.
 
-        Multiclass likelihoods (``RobustMax``) give their C classes; a Bernoulli likelihood
-        with one output gives the two columns (p(y = 0), p(y = 1)).
+        Multiclass likelihoods (``Softmax``, ``RobustMax``) give their C classes; a Bernoulli
+        likelihood with one output gives the two columns (p(y = 0), p(y = 1)).
         """
         mean, var = self.predict_f(params, x)
         lik = self.likelihood
