@@ -110,6 +110,34 @@ def test_increasing_rate_rejects_invalid_arguments(kwargs):
         natgrad.increasing_rate(**kwargs)
 
 
+def test_inverse_time_decay_matches_formula_and_composes():
+    base = natgrad.log_linear_warmup(1e-4, 0.1, 5)
+    sched = natgrad.inverse_time_decay(base, decay_steps=1000)
+    for t in (0, 3, 5, 999, 1000, 12345):
+        expected = float(base(t)) / (1 + t / 1000)
+        np.testing.assert_allclose(float(sched(t)), expected, rtol=1e-14)
+    np.testing.assert_allclose(float(sched(1000)), 0.05, rtol=1e-14)
+    constant = natgrad.inverse_time_decay(0.2, decay_steps=10)
+    np.testing.assert_allclose([float(constant(t)) for t in (0, 10, 30)], [0.2, 0.1, 0.05])
+    # jit-able with a traced count, and it drives natural_vi like any schedule
+    np.testing.assert_allclose(jax.jit(sched)(jnp.asarray(2000)), 0.1 / 3, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "decay_steps", "match"),
+    [
+        (0.1, 0.0, "decay_steps"),
+        (0.1, math.inf, "decay_steps"),
+        (0.0, 10.0, "constant schedule"),
+        (math.nan, 10.0, "constant schedule"),
+        ("0.1", 10.0, "constant schedule"),
+    ],
+)
+def test_inverse_time_decay_rejects_invalid_arguments(schedule, decay_steps, match):
+    with pytest.raises(ValueError, match=match):
+        natgrad.inverse_time_decay(schedule, decay_steps)
+
+
 def test_schedules_drive_natural_vi():
     """Inside natural_vi (in one jitted lax.scan) ``state.step_size`` is γ_t = schedule(t).
 
@@ -119,6 +147,7 @@ def test_schedules_drive_natural_vi():
     schedules = {
         "warmup": natgrad.log_linear_warmup(1e-3, 0.5, 6),
         "increasing": natgrad.increasing_rate(0.8, 0.3),
+        "decayed": natgrad.inverse_time_decay(natgrad.log_linear_warmup(1e-3, 0.5, 6), 4),
     }
     txs = {k: natgrad.natural_vi(s, "natural") for k, s in schedules.items()}
     p = natgrad.resolve("natural")
@@ -149,6 +178,7 @@ def test_schedules_drive_natural_vi():
     expected = {
         "warmup": [warmup_reference(i, 1e-3, 0.5, 6) for i in t],
         "increasing": increasing_reference(t, 0.8, 0.3),
+        "decayed": [warmup_reference(i, 1e-3, 0.5, 6) / (1 + i / 4) for i in t],
     }
     for k in txs:
         step_size, _ = record[k]

@@ -20,7 +20,7 @@ from natgrad.optim import (
     kfac,
     natural_vi,
 )
-from natgrad.schedules import increasing_rate, log_linear_warmup
+from natgrad.schedules import increasing_rate, inverse_time_decay, log_linear_warmup
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "gp",
     "hessian_free",
     "increasing_rate",
+    "inverse_time_decay",
     "kfac",
     "linalg",
     "log_linear_warmup",

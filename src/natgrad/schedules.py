@@ -70,3 +70,35 @@ def increasing_rate(rate: float = 1.0, speed: float = 0.1) -> optax.Schedule:
         return rate * -jnp.expm1(-speed * jnp.asarray(count, dtype=_float_dtype()))
 
     return schedule
+
+
+def inverse_time_decay(schedule: optax.Schedule | float, decay_steps: float) -> optax.Schedule:
+    """γ_t = base(t) / (1 + t/τ): any schedule (or constant) decayed as 1/t after ~τ steps.
+
+    Minibatch natural-gradient steps at a constant γ stop at a noise floor; the decayed rates
+    satisfy Robbins–Monro's Σγ_t = ∞, Σγ_t² < ∞ (Hoffman et al. 2013, stochastic variational
+    inference), so the iterates settle. Composed with :func:`log_linear_warmup`, γ rises over
+    the warm-up and then decays.
+
+    Args:
+      schedule: the base schedule (``count -> γ``) or a constant γ > 0.
+      decay_steps: τ > 0; γ has halved (relative to the base) at t = τ.
+
+    Example:
+      >>> sched = inverse_time_decay(log_linear_warmup(1e-4, 0.1, 5), decay_steps=1000)
+      >>> [round(float(sched(t)), 6) for t in (0, 1000, 3000)]
+      [0.0001, 0.05, 0.025]
+    """
+    if not (0 < decay_steps < math.inf):
+        raise ValueError(f"`decay_steps` must be positive and finite, got {decay_steps}")
+    if not callable(schedule):
+        rate = schedule
+        if not (isinstance(rate, int | float) and 0 < rate < math.inf):
+            raise ValueError(f"a constant schedule must be positive and finite, got {rate!r}")
+        schedule = optax.constant_schedule(float(rate))
+
+    def decayed(count):
+        t = jnp.asarray(count, dtype=_float_dtype())
+        return schedule(count) / (1.0 + t / decay_steps)
+
+    return decayed
