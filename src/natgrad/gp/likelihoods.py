@@ -504,12 +504,57 @@ class Poisson(_Elementwise):
 
 
 # --------------------------------------------------------------------------------------------
+# Multiclass: integer labels, C latents
+# --------------------------------------------------------------------------------------------
+
+
+class _Multiclass(Likelihood):
+    """What multiclass likelihoods share: C = ``num_classes`` latents, integer labels in
+    [0, C), and ``predict_mean_variance`` = (p, p(1 − p)) from ``predict_class_probabilities``."""
+
+    num_classes: int
+
+    @property
+    def num_latent(self) -> int:
+        return self.num_classes
+
+    def _labels(self, y, n: int) -> Array:
+        y = jnp.asarray(y)
+        if y.shape != (n,):
+            raise ValueError(
+                f"{type(self).__name__}: labels must have shape ({n},) to match mean, got {y.shape}"
+            )
+        return y.astype(jnp.int32)
+
+    @abc.abstractmethod
+    def predict_class_probabilities(self, params: dict, mean: Array, var: Array) -> Array:
+        """p(y = k) under q(f), shape (N, C)."""
+
+    @_jit_method
+    def predict_mean_variance(self, params, mean, var):
+        probs = self.predict_class_probabilities(params, mean, var)
+        return probs, probs * (1 - probs)
+
+    def check_targets(self, y) -> None:
+        name = type(self).__name__
+        y = _concrete_targets(name, y)
+        if y.ndim != 1:
+            raise ValueError(f"{name}: labels must have shape (N,), got {y.shape}")
+        bad = (y < 0) | (y >= self.num_classes) | (y != np.floor(y))
+        if np.any(bad):
+            raise ValueError(
+                f"{name}: labels must be integers in [0, {self.num_classes}), got values "
+                f"such as {np.unique(y[bad])[:5]}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
 # Multiclass: robust max
 # --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class RobustMax(Likelihood):
+class RobustMax(_Multiclass):
     """Multiclass robust max (Girolami & Rogers 2006; GPflow's MultiClass/RobustMax).
 
         p(y = k | f) = 1 − ε if k = argmax_j f_j, else ε / (C − 1).
@@ -547,21 +592,9 @@ class RobustMax(Likelihood):
         object.__setattr__(self, "epsilon", float(eps))
         _check_int("RobustMax", "num_quadrature_points", self.num_quadrature_points, 1)
 
-    @property
-    def num_latent(self) -> int:
-        return self.num_classes
-
     def _log_probs(self) -> tuple[float, float]:
         """log(1 − ε), log(ε/(C − 1))."""
         return math.log1p(-self.epsilon), math.log(self.epsilon / (self.num_classes - 1))
-
-    def _labels(self, y, n: int) -> Array:
-        y = jnp.asarray(y)
-        if y.shape != (n,):
-            raise ValueError(
-                f"RobustMax: labels must have shape ({n},) to match mean, got {y.shape}"
-            )
-        return y.astype(jnp.int32)
 
     def _argmax_probability(self, mean: Array, var: Array, labels: Array) -> Array:
         """P_y = q(f_y > f_j ∀ j ≠ y), shape (N,)."""
@@ -620,26 +653,10 @@ class RobustMax(Likelihood):
         return (1 - eps) * p + eps / (c - 1) * (1 - p)
 
     @_jit_method
-    def predict_mean_variance(self, params, mean, var):
-        probs = self.predict_class_probabilities(params, mean, var)
-        return probs, probs * (1 - probs)
-
-    @_jit_method
     def log_predictive_density(self, params, y, mean, var):
         mean, var = _prepare_latent("RobustMax", mean, var, self.num_latent)
         labels = self._labels(y, mean.shape[0])
         return jnp.log(self._mix(self._argmax_probability(mean, var, labels)))
-
-    def check_targets(self, y) -> None:
-        y = _concrete_targets("RobustMax", y)
-        if y.ndim != 1:
-            raise ValueError(f"RobustMax: labels must have shape (N,), got {y.shape}")
-        bad = (y < 0) | (y >= self.num_classes) | (y != np.floor(y))
-        if np.any(bad):
-            raise ValueError(
-                f"RobustMax: labels must be integers in [0, {self.num_classes}), got values "
-                f"such as {np.unique(y[bad])[:5]}"
-            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,7 +707,7 @@ def _expected_logsumexp_jvp(primals, tangents):
 
 
 @dataclasses.dataclass(frozen=True)
-class Softmax(Likelihood):
+class Softmax(_Multiclass):
     """Multiclass softmax: p(y = k | f) = exp fₖ / Σⱼ exp fⱼ, over C latent functions.
 
         E_q[log p(y | f)] = m_y − E_q[log Σⱼ exp fⱼ],   q(f) = N(m, diag v).
@@ -736,18 +753,8 @@ class Softmax(Likelihood):
             raise ValueError(f"Softmax: num_samples must be a power of two ≥ 2, got {s!r}")
         _check_int("Softmax", "seed", self.seed, 0)
 
-    @property
-    def num_latent(self) -> int:
-        return self.num_classes
-
     def _nodes(self) -> Array:
         return jnp.asarray(_normal_nodes(self.num_classes, self.num_samples, self.seed))
-
-    def _labels(self, y, n: int) -> Array:
-        y = jnp.asarray(y)
-        if y.shape != (n,):
-            raise ValueError(f"Softmax: labels must have shape ({n},) to match mean, got {y.shape}")
-        return y.astype(jnp.int32)
 
     @_jit_method
     def log_density(self, params, y, f):
@@ -777,28 +784,12 @@ class Softmax(Likelihood):
         return jnp.mean(jax.nn.softmax(f, axis=-1), axis=1)
 
     @_jit_method
-    def predict_mean_variance(self, params, mean, var):
-        probs = self.predict_class_probabilities(params, mean, var)
-        return probs, probs * (1 - probs)
-
-    @_jit_method
     def log_predictive_density(self, params, y, mean, var):
         mean, var = _prepare_latent("Softmax", mean, var, self.num_latent)
         labels = self._labels(y, mean.shape[0])
         log_p = jax.nn.log_softmax(_node_points(mean, var, self._nodes()), axis=-1)  # (N, S, C)
         log_p_y = jnp.take_along_axis(log_p, labels[:, None, None], axis=-1)[..., 0]
         return logsumexp(log_p_y, axis=1) - math.log(self.num_samples)
-
-    def check_targets(self, y) -> None:
-        y = _concrete_targets("Softmax", y)
-        if y.ndim != 1:
-            raise ValueError(f"Softmax: labels must have shape (N,), got {y.shape}")
-        bad = (y < 0) | (y >= self.num_classes) | (y != np.floor(y))
-        if np.any(bad):
-            raise ValueError(
-                f"Softmax: labels must be integers in [0, {self.num_classes}), got values "
-                f"such as {np.unique(y[bad])[:5]}"
-            )
 
 
 # --------------------------------------------------------------------------------------------
