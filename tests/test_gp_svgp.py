@@ -389,6 +389,39 @@ def test_fit_minibatches_history_and_early_stopping():
         fit(model, params, x, y, iterations=10, batch_size=10)
 
 
+def test_fit_resumes_from_a_previous_state_exactly():
+    """fit(40) then fit(30, state=...) is fit(70): Adam's moments and the γ warm-up's count
+    carry over. Restarting without the state re-runs the warm-up from γ = 1e-4 and differs."""
+    x, y, z = _classification()
+    model = SVGP(kernels.SquaredExponential(lengthscale=1.5), likelihoods.Bernoulli("logit"))
+    params = model.init(z)
+    kwargs = dict(mode="joint", chunk_size=20)
+    whole = fit(model, params, x, y, iterations=70, **kwargs)
+    first = fit(model, params, x, y, iterations=40, **kwargs)
+    resumed = fit(model, first.params, x, y, iterations=30, state=first.state, **kwargs)
+    restarted = fit(model, first.params, x, y, iterations=30, **kwargs)
+    np.testing.assert_allclose(resumed.elbo, whole.elbo[40:], rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert int(resumed.state.natural.count) == 70
+    assert abs(restarted.elbo[1] - whole.elbo[41]) > 1e-3
+
+
+def test_fit_rejects_a_state_from_another_optimizer():
+    x, y, z = _classification()
+    model = SVGP(kernels.SquaredExponential(lengthscale=1.5), likelihoods.Bernoulli("logit"))
+    params = model.init(z)
+    adam_only = fit(model, params, x, y, iterations=2, natural_learning_rate=None)
+    with pytest.raises(ValueError, match=r"state= must be the FitResult\.state.*tree structure"):
+        fit(model, params, x, y, iterations=2, state=adam_only.state)
+    smaller = model.init(z[:-1])
+    other_m = fit(model, smaller, x, y, iterations=2)
+    with pytest.raises(ValueError, match=r"leaf .* is float64\[19"):
+        fit(model, params, x, y, iterations=2, state=other_m.state)
+    with pytest.raises(ValueError, match="got dict"):
+        fit(model, params, x, y, iterations=2, state={})
+
+
 def test_fit_in_float32_stays_close_to_float64():
     x, y, z = _regression()
     model = SVGP(kernels.SquaredExponential(), likelihoods.Gaussian(0.1), jitter=1e-4)

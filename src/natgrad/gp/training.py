@@ -211,6 +211,7 @@ def fit(
     patience: int | None = None,
     min_delta: float = 0.1,
     progress: bool = False,
+    state: HybridState | None = None,
 ) -> FitResult:
     """Maximize the SVGP's ELBO: natural steps on q(u), ``other`` (Adam) on the rest.
 
@@ -232,9 +233,15 @@ def fit(
       patience, min_delta: stop when the mean ELBO of a chunk has not beaten the best chunk
         mean by more than ``min_delta`` nats for ``patience`` iterations (None: never stop).
       progress: show a progress bar (needs ``rich``).
+      state: resume from this optimizer state (a previous :attr:`FitResult.state`, with
+        ``params`` that run's :attr:`FitResult.params`): Adam's moments, the γ schedule's step
+        count and the rejection count carry on instead of restarting. It must come from a fit
+        with the same ``natural_learning_rate``, ``other`` and parameter shapes. Full-batch
+        runs resume exactly (``fit(n)`` then ``fit(m, state=...)`` equals ``fit(n + m)``);
+        minibatch orders restart from ``key``, so pass a fresh key to each resumed run.
 
     Returns:
-      A :class:`FitResult`.
+      A :class:`FitResult` (its ``num_rejected`` counts the resumed state's rejections too).
 
     Raises:
       CholeskyError: K_uu stopped factorizing (names the iteration and the jitter).
@@ -255,7 +262,11 @@ def fit(
         natural_learning_rate = default_natural_learning_rate(model)
     other = optax.adam(learning_rate) if other is None else other
     tx = hybrid(natural_learning_rate, other, model.parameterization, mode=mode)
-    state = tx.init(params)
+    fresh = tx.init(params)
+    if state is None:
+        state = fresh
+    else:
+        _check_resumed_state(state, fresh)
 
     def loss_fn(p, xb, yb):
         return -model.elbo(p, xb, yb, num_data=num_data)
@@ -324,6 +335,31 @@ def fit(
         stopped_early=stopped_early,
         num_rejected=int(state.num_rejected),
     )
+
+
+def _check_resumed_state(state: Any, fresh: HybridState) -> None:
+    """Raise unless ``state`` has the structure, shapes and dtypes of ``fresh``."""
+    hint = (
+        "fit: state= must be the FitResult.state of a fit of the same model with the same "
+        "natural_learning_rate (None or not), other transformation and parameter shapes"
+    )
+    if not isinstance(state, HybridState):
+        raise ValueError(f"{hint}; got {type(state).__name__}")
+    got, want = jax.tree.structure(state), jax.tree.structure(fresh)
+    if got != want:
+        raise ValueError(f"{hint}; its tree structure differs:\n  got  {got}\n  want {want}")
+    for path, a, b in zip(
+        jax.tree_util.tree_leaves_with_path(state),
+        jax.tree.leaves(state),
+        jax.tree.leaves(fresh),
+        strict=True,
+    ):
+        if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+            raise ValueError(
+                f"{hint}; leaf {jax.tree_util.keystr(path[0])} is "
+                f"{jnp.result_type(a)}{list(jnp.shape(a))}, expected "
+                f"{jnp.result_type(b)}{list(jnp.shape(b))}"
+            )
 
 
 def _raise_non_finite(model: SVGP, bad_params: dict, chunk_start: dict, iteration: int) -> None:
