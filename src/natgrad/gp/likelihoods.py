@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, log_ndtr, logsumexp, ndtr
 
+from natgrad.gp.kernels import inverse_positive, positive
 from natgrad.quadrature import gauss_hermite
 
 Array = jax.Array
@@ -46,16 +47,6 @@ _jit_method = functools.partial(jax.jit, static_argnums=0)
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _positive(raw: Array) -> Array:
-    """softplus: unconstrained → (0, ∞)."""
-    return jax.nn.softplus(raw)
-
-
-def _inverse_positive(y: Array) -> Array:
-    """Inverse of softplus: y + log(1 − e^(−y)), for y > 0."""
-    return y + jnp.log(-jnp.expm1(-y))
 
 
 def _check_positive_finite(name: str, argument: str, value) -> float:
@@ -299,10 +290,10 @@ class Gaussian(_Elementwise):
         _check_int("Gaussian", "num_outputs", self.num_outputs, 1)
 
     def init(self, dtype=jnp.float64):
-        return {"variance": _inverse_positive(jnp.asarray(self.variance, dtype))}
+        return {"variance": inverse_positive(jnp.asarray(self.variance, dtype))}
 
     def hyperparameters(self, params):
-        return {"variance": _positive(params["variance"])}
+        return {"variance": positive(params["variance"])}
 
     def _log_prob(self, hyp, y, f):
         s2 = hyp["variance"]
@@ -358,10 +349,10 @@ class StudentT(_Elementwise):
         _check_int("StudentT", "num_quadrature_points", self.num_quadrature_points, 1)
 
     def init(self, dtype=jnp.float64):
-        return {"scale": _inverse_positive(jnp.asarray(self.scale, dtype))}
+        return {"scale": inverse_positive(jnp.asarray(self.scale, dtype))}
 
     def hyperparameters(self, params):
-        return {"scale": _positive(params["scale"])}
+        return {"scale": positive(params["scale"])}
 
     def _log_prob(self, hyp, y, f):
         nu, s = self.df, hyp["scale"]
