@@ -975,6 +975,8 @@ def plot(path: Path, problems: list[Problem], rows: list[dict], runs: dict) -> P
     fig = common.new_figure(figsize=(13, 3.6 * len(problems)), layout="constrained")
     if fig is None:
         return None
+    from matplotlib.ticker import NullFormatter
+
     axes = fig.subplots(len(problems), 2, squeeze=False)
     for (ax_it, ax_s), problem in zip(axes, problems, strict=True):
         prob_rows = [r for r in rows if r["dataset"] == problem.name]
@@ -1009,6 +1011,7 @@ def plot(path: Path, problems: list[Problem], rows: list[dict], runs: dict) -> P
         ax_it.set_xscale("symlog", linthresh=10)
         ax_it.set_xlim(left=0)
         ax_s.set_xscale("log")
+        ax_s.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short spans
         ax_it.set(
             xlabel="iteration", ylabel="ELBO", title=f"{problem.name}: ELBO against iteration"
         )
