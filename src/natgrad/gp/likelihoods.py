@@ -517,6 +517,11 @@ class _Multiclass(Likelihood):
             )
         return y.astype(jnp.int32)
 
+    def _prepare(self, y, mean, var) -> tuple[Array, Array, Array]:
+        """(labels (N,) int32, mean, var): mean and var checked (N, C), cast to one float dtype."""
+        mean, var = _prepare_latent(type(self).__name__, mean, var, self.num_latent)
+        return self._labels(y, mean.shape[0]), mean, var
+
     @abc.abstractmethod
     def predict_class_probabilities(self, params: dict, mean: Array, var: Array) -> Array:
         """p(y = k) under q(f), shape (N, C)."""
@@ -611,16 +616,14 @@ class RobustMax(_Multiclass):
     def log_density(self, params, y, f):
         f = jnp.asarray(f)
         f = f.astype(_float_dtype(f))
-        f, _ = _prepare_latent("RobustMax", f, f, self.num_latent)
-        labels = self._labels(y, f.shape[0])
+        labels, f, _ = self._prepare(y, f, f)
         log_hit, log_miss = self._log_probs()
         hit = jnp.argmax(f, axis=1) == labels
         return jnp.where(hit, log_hit, log_miss).astype(f.dtype)
 
     @_jit_method
     def variational_expectations(self, params, y, mean, var):
-        mean, var = _prepare_latent("RobustMax", mean, var, self.num_latent)
-        labels = self._labels(y, mean.shape[0])
+        labels, mean, var = self._prepare(y, mean, var)
         p = self._argmax_probability(mean, var, labels)
         log_hit, log_miss = self._log_probs()
         return log_hit * p + log_miss * (1 - p)
@@ -645,8 +648,7 @@ class RobustMax(_Multiclass):
 
     @_jit_method
     def log_predictive_density(self, params, y, mean, var):
-        mean, var = _prepare_latent("RobustMax", mean, var, self.num_latent)
-        labels = self._labels(y, mean.shape[0])
+        labels, mean, var = self._prepare(y, mean, var)
         return jnp.log(self._mix(self._argmax_probability(mean, var, labels)))
 
 
@@ -751,14 +753,12 @@ class Softmax(_Multiclass):
     def log_density(self, params, y, f):
         f = jnp.asarray(f)
         f = f.astype(_float_dtype(f))
-        f, _ = _prepare_latent("Softmax", f, f, self.num_latent)
-        labels = self._labels(y, f.shape[0])
+        labels, f, _ = self._prepare(y, f, f)
         return jnp.take_along_axis(jax.nn.log_softmax(f, axis=1), labels[:, None], axis=1)[:, 0]
 
     @_jit_method
     def variational_expectations(self, params, y, mean, var):
-        mean, var = _prepare_latent("Softmax", mean, var, self.num_latent)
-        labels = self._labels(y, mean.shape[0])
+        labels, mean, var = self._prepare(y, mean, var)
         m_y = jnp.take_along_axis(mean, labels[:, None], axis=1)[:, 0]
         return m_y - _expected_logsumexp(mean, var, self._nodes())
 
@@ -776,8 +776,7 @@ class Softmax(_Multiclass):
 
     @_jit_method
     def log_predictive_density(self, params, y, mean, var):
-        mean, var = _prepare_latent("Softmax", mean, var, self.num_latent)
-        labels = self._labels(y, mean.shape[0])
+        labels, mean, var = self._prepare(y, mean, var)
         log_p = jax.nn.log_softmax(_node_points(mean, var, self._nodes()), axis=-1)  # (N, S, C)
         log_p_y = jnp.take_along_axis(log_p, labels[:, None, None], axis=-1)[..., 0]
         return logsumexp(log_p_y, axis=1) - math.log(self.num_samples)

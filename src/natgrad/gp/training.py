@@ -348,15 +348,12 @@ def _check_resumed_state(state: Any, fresh: HybridState) -> None:
     got, want = jax.tree.structure(state), jax.tree.structure(fresh)
     if got != want:
         raise ValueError(f"{hint}; its tree structure differs:\n  got  {got}\n  want {want}")
-    for path, a, b in zip(
-        jax.tree_util.tree_leaves_with_path(state),
-        jax.tree.leaves(state),
-        jax.tree.leaves(fresh),
-        strict=True,
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(fresh), strict=True
     ):
         if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
             raise ValueError(
-                f"{hint}; leaf {jax.tree_util.keystr(path[0])} is "
+                f"{hint}; leaf {jax.tree_util.keystr(path)} is "
                 f"{jnp.result_type(a)}{list(jnp.shape(a))}, expected "
                 f"{jnp.result_type(b)}{list(jnp.shape(b))}"
             )
